@@ -1,0 +1,50 @@
+# gatehouse: the two commands. Both install what they need on a fresh Debian machine.
+SHELL := /bin/bash
+CONFIG ?= conf/gatehouse.yaml
+CARGO ?= cargo
+
+# Debian packages the build needs (Pingora's zlib-ng needs cmake; the openssl feature needs
+# libssl-dev and pkg-config) and what the tests need on top.
+BUILD_DEBS := cmake libssl-dev pkg-config
+TEST_DEBS := $(BUILD_DEBS) curl
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test build release check-config deps-build deps-test fmt clippy
+
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+deps-build:
+	$(call apt_install,$(BUILD_DEBS))
+
+deps-test:
+	$(call apt_install,$(TEST_DEBS))
+
+## make run: build (release) and start gatehouse on conf/gatehouse.yaml
+run: deps-build
+	$(CARGO) build --release
+	./target/release/gatehouse check -c $(CONFIG)
+	./target/release/gatehouse run -c $(CONFIG)
+
+build: deps-build
+	$(CARGO) build
+
+## make test: formatting, clippy (warnings denied), every conf/ example checked, the whole suite
+test: deps-test
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) build --bins
+	@for f in conf/*.yaml; do ./target/debug/gatehouse check -c $$f >/dev/null || exit 1; echo "checked $$f"; done
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --no-fail-fast; \
+	else \
+	  $(CARGO) test --no-fail-fast; \
+	fi
+	$(CARGO) test --doc

@@ -1,0 +1,632 @@
+//! Spec -> Runtime: resolve names, parse addresses, durations, headers and regexes, and collect
+//! EVERY error with its file and YAML path. After this, runtime code meets no strings where a
+//! type fits. Imports: schema, routing, upstream, runtime.
+
+use super::load::{Loaded, Sourced};
+use super::schema::*;
+use super::{ConfigError, ConfigErrors};
+use crate::routing::{HostPattern, PathPattern, RouteId, Router};
+use crate::runtime::{DirectResponse, Route, RouteAction, Runtime, ServerSettings};
+use crate::upstream::{
+    Balance, CheckKind, HashKey, HealthCheckConfig, Pool, PoolConfig, PoolId, Target, Timeouts,
+};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Collects errors for one file.
+struct Errs<'a> {
+    file: &'a Path,
+    out: &'a mut Vec<ConfigError>,
+}
+
+impl Errs<'_> {
+    fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.out.push(ConfigError::at(self.file, path, msg));
+    }
+
+    /// The value, or the default after recording the error at `path`.
+    fn take<T>(&mut self, r: Result<T, String>, path: impl Into<String>, default: T) -> T {
+        r.unwrap_or_else(|m| {
+            self.push(path, m);
+            default
+        })
+    }
+}
+
+/// Parse a duration like `500ms`, `30s`, `5m`, `30d`.
+pub fn duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw.trim()).map_err(|e| {
+        format!("{raw:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"5m\"")
+    })
+}
+
+fn positive_duration(raw: &Option<String>, default: Duration) -> Result<Duration, String> {
+    match raw {
+        None => Ok(default),
+        Some(r) => match duration(r)? {
+            d if d.is_zero() => Err(format!("{r:?} must be greater than zero")),
+            d => Ok(d),
+        },
+    }
+}
+
+fn positive(raw: Option<i64>, default: usize, what: &str) -> Result<usize, String> {
+    match raw {
+        None => Ok(default),
+        Some(n) if n >= 1 => usize::try_from(n).map_err(|_| format!("{what} {n} is too large")),
+        Some(n) => Err(format!("{what} must be at least 1, got {n}")),
+    }
+}
+
+/// Compile a loaded configuration. Pools whose configuration equals one in `previous` are
+/// carried over (with their health state) instead of rebuilt.
+pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
+    let mut errors = Vec::new();
+    let main = &loaded.main;
+    let mut e = Errs {
+        file: &loaded.main_file,
+        out: &mut errors,
+    };
+    let server = compile_server(&main.server, &mut e);
+    let listen_http = compile_listen(&main.listen, &mut e);
+
+    let mut pool_ids = HashMap::new();
+    let mut pool_configs = Vec::new();
+    for (name, src) in &loaded.services {
+        let mut e = Errs {
+            file: &src.file,
+            out: &mut errors,
+        };
+        if let Some(cfg) = compile_service(name, src, &mut e) {
+            pool_ids.insert(name.clone(), PoolId(pool_configs.len() as u32));
+            pool_configs.push(cfg);
+        }
+    }
+    let known: Vec<&str> = loaded.services.keys().map(String::as_str).collect();
+    let (router, routes) = compile_ingresses(&loaded.ingresses, &pool_ids, &known, &mut errors);
+
+    let mut pools = Vec::with_capacity(pool_configs.len());
+    for cfg in pool_configs {
+        let reused = previous
+            .and_then(|p| p.pools.iter().find(|old| old.config == cfg))
+            .cloned();
+        match reused {
+            Some(pool) => pools.push(pool),
+            None => {
+                let src = &loaded.services[&cfg.name];
+                match Pool::new(cfg) {
+                    Ok(p) => pools.push(Arc::new(p)),
+                    Err(msg) => errors.push(ConfigError::at(&src.file, &src.yaml_path, msg)),
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let mut warnings = Vec::new();
+    for (name, id) in &pool_ids {
+        let used = routes
+            .iter()
+            .any(|r| matches!(r.action, RouteAction::Proxy(p) if p == *id));
+        if !used {
+            warnings.push(format!("service {name:?} is not used by any route"));
+        }
+    }
+    warnings.sort();
+    Ok(Runtime {
+        version: loaded.hash,
+        loaded_at: SystemTime::now(),
+        files: loaded.files.clone(),
+        listen_http,
+        server: server.unwrap_or_else(default_server),
+        router,
+        routes,
+        pools,
+        warnings,
+    })
+}
+
+fn default_server() -> ServerSettings {
+    ServerSettings {
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        work_stealing: true,
+        grace_period: Duration::from_secs(5),
+        shutdown_timeout: Duration::from_secs(10),
+        pid_file: PathBuf::from("/tmp/gatehouse.pid"),
+        upgrade_sock: PathBuf::from("/tmp/gatehouse_upgrade.sock"),
+        upstream_keepalive_pool_size: 128,
+    }
+}
+
+fn compile_server(spec: &ServerSpec, e: &mut Errs) -> Option<ServerSettings> {
+    let d = default_server();
+    let before = e.out.len();
+    let threads = e.take(
+        positive(spec.threads, d.threads, "threads"),
+        "server.threads",
+        1,
+    );
+    let pool_size = e.take(
+        positive(
+            spec.upstream_keepalive_pool_size,
+            d.upstream_keepalive_pool_size,
+            "pool size",
+        ),
+        "server.upstream_keepalive_pool_size",
+        1,
+    );
+    let grace = positive_duration(&spec.grace_period, d.grace_period);
+    let grace = e.take(grace, "server.grace_period", d.grace_period);
+    let shutdown = positive_duration(&spec.shutdown_timeout, d.shutdown_timeout);
+    let shutdown = e.take(shutdown, "server.shutdown_timeout", d.shutdown_timeout);
+    (e.out.len() == before).then(|| ServerSettings {
+        threads,
+        work_stealing: spec.work_stealing.unwrap_or(d.work_stealing),
+        grace_period: grace,
+        shutdown_timeout: shutdown,
+        pid_file: spec.pid_file.as_ref().map_or(d.pid_file, PathBuf::from),
+        upgrade_sock: spec
+            .upgrade_sock
+            .as_ref()
+            .map_or(d.upgrade_sock, PathBuf::from),
+        upstream_keepalive_pool_size: pool_size,
+    })
+}
+
+fn compile_listen(spec: &ListenSpec, e: &mut Errs) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    if spec.http.is_empty() {
+        e.push(
+            "listen.http",
+            "no HTTP listener; add one, e.g. listen: { http: [\"0.0.0.0:80\"] }",
+        );
+    }
+    for (i, raw) in spec.http.iter().enumerate() {
+        match raw.parse::<SocketAddr>() {
+            Ok(a) if out.contains(&a) => {
+                e.push(format!("listen.http[{i}]"), format!("{a} is listed twice"))
+            }
+            Ok(a) => out.push(a),
+            Err(_) => e.push(
+                format!("listen.http[{i}]"),
+                format!(
+                    "{raw:?} is not an IP:port address; write e.g. \"0.0.0.0:80\" or \"[::]:80\""
+                ),
+            ),
+        }
+    }
+    out
+}
+
+fn compile_service(name: &str, src: &Sourced<ServiceSpec>, e: &mut Errs) -> Option<PoolConfig> {
+    let spec = &src.spec;
+    let at = |k: &str| format!("{}.{k}", src.yaml_path);
+    let before = e.out.len();
+    let targets = compile_targets(&spec.targets, &at("targets"), e);
+    let balance = match spec.balance.unwrap_or(BalanceSpec::RoundRobin) {
+        BalanceSpec::RoundRobin => Balance::RoundRobin,
+        BalanceSpec::Random => Balance::Random,
+        BalanceSpec::LeastConnections => Balance::LeastConnections,
+        BalanceSpec::ConsistentHash => match spec.hash_key.as_deref().unwrap_or("client_ip") {
+            "client_ip" => Balance::ConsistentHash(HashKey::ClientIp),
+            other => match other
+                .strip_prefix("header:")
+                .map(|h| HeaderName::try_from(h.trim()))
+            {
+                Some(Ok(h)) => Balance::ConsistentHash(HashKey::Header(h)),
+                _ => {
+                    e.push(
+                        at("hash_key"),
+                        format!("{other:?}: write \"client_ip\" or \"header:X-User-Id\""),
+                    );
+                    Balance::RoundRobin
+                }
+            },
+        },
+    };
+    if spec.hash_key.is_some()
+        && !matches!(balance, Balance::ConsistentHash(_))
+        && e.out.len() == before
+    {
+        e.push(
+            at("hash_key"),
+            "hash_key only applies to balance: consistent_hash",
+        );
+    }
+    let health_check = spec
+        .health_check
+        .as_ref()
+        .and_then(|h| compile_check(h, &at("health_check"), e));
+    let retries = match spec.retries {
+        None => 2,
+        Some(n) if (0..=16).contains(&n) => n as usize,
+        Some(n) => {
+            e.push(
+                at("retries"),
+                format!("retries must be between 0 and 16, got {n}"),
+            );
+            0
+        }
+    };
+    let timeouts = compile_timeouts(&spec.timeouts, &at("timeouts"), e);
+    let host_header = spec
+        .host_header
+        .as_ref()
+        .and_then(|h| match HeaderValue::from_str(h) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                e.push(
+                    at("host_header"),
+                    format!("{h:?} is not a valid header value"),
+                );
+                None
+            }
+        });
+    (e.out.len() == before).then(|| PoolConfig {
+        name: name.to_string(),
+        targets,
+        balance,
+        health_check,
+        retries,
+        timeouts,
+        host_header,
+    })
+}
+
+fn compile_targets(specs: &[TargetSpec], at: &str, e: &mut Errs) -> Vec<Target> {
+    if specs.is_empty() {
+        e.push(
+            at,
+            "a service needs at least one target, e.g. targets: [\"127.0.0.1:8080\"]",
+        );
+    }
+    let mut out: Vec<Target> = Vec::new();
+    for (i, t) in specs.iter().enumerate() {
+        let (address, weight) = match t {
+            TargetSpec::Address(a) => (a, None),
+            TargetSpec::Weighted(w) => (&w.address, w.weight),
+        };
+        let path = format!("{at}[{i}]");
+        let weight = match positive(weight, 1, "weight") {
+            Ok(w) if w <= 1000 => w,
+            Ok(w) => {
+                e.push(
+                    format!("{path}.weight"),
+                    format!("weight must be at most 1000, got {w}"),
+                );
+                continue;
+            }
+            Err(m) => {
+                e.push(format!("{path}.weight"), m);
+                continue;
+            }
+        };
+        match resolve(address) {
+            Ok(addrs) => {
+                for addr in addrs {
+                    if out.iter().any(|t| t.addr == addr) {
+                        e.push(&path, format!("{addr} is listed twice in this service"));
+                    } else {
+                        out.push(Target { addr, weight });
+                    }
+                }
+            }
+            Err(m) => e.push(&path, m),
+        }
+    }
+    out
+}
+
+/// `IP:port` parses directly; `host:port` is resolved here (compile runs off the async runtime).
+fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!(
+            "{address:?} has no port; write \"host:port\", e.g. \"10.0.0.1:8080\""
+        ));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{address:?} is not a valid host:port address"));
+    }
+    let mut addrs: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {address:?}: {err}"))?
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("{address:?} resolved to no address"));
+    }
+    Ok(addrs)
+}
+
+fn compile_check(spec: &HealthCheckSpec, at: &str, e: &mut Errs) -> Option<HealthCheckConfig> {
+    let before = e.out.len();
+    let kind = match (&spec.tcp, &spec.http) {
+        (Some(_), Some(_)) => {
+            e.push(at, "choose one of `tcp` or `http`, not both");
+            CheckKind::Tcp
+        }
+        (_, Some(h)) => {
+            let path = h.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                e.push(
+                    format!("{at}.http.path"),
+                    format!("{path:?} must start with \"/\" and have no spaces"),
+                );
+            }
+            let expect = parse_status_range(h.expect.as_deref().unwrap_or("200-399"));
+            let expect = e.take(expect, format!("{at}.http.expect"), 200..=399);
+            CheckKind::Http {
+                path,
+                expect,
+                host: h.host.clone(),
+            }
+        }
+        _ => CheckKind::Tcp,
+    };
+    let interval = positive_duration(&spec.interval, Duration::from_secs(5));
+    let interval = e.take(interval, format!("{at}.interval"), Duration::ZERO);
+    let timeout = positive_duration(&spec.timeout, Duration::from_secs(1));
+    let timeout = e.take(timeout, format!("{at}.timeout"), Duration::ZERO);
+    let rise = e.take(positive(spec.rise, 2, "rise"), format!("{at}.rise"), 1);
+    let fall = e.take(positive(spec.fall, 3, "fall"), format!("{at}.fall"), 1);
+    (e.out.len() == before).then_some(HealthCheckConfig {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+    })
+}
+
+fn parse_status_range(raw: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("{raw:?} is not a status range; write e.g. \"200-399\" or \"204\"");
+    let (lo, hi) = raw.split_once('-').unwrap_or((raw, raw));
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
+}
+
+fn compile_timeouts(spec: &TimeoutsSpec, at: &str, e: &mut Errs) -> Timeouts {
+    let d = Timeouts::default();
+    let mut one = |raw: &Option<String>, key: &str, default: Duration| {
+        e.take(
+            positive_duration(raw, default),
+            format!("{at}.{key}"),
+            default,
+        )
+    };
+    Timeouts {
+        connect: one(&spec.connect, "connect", d.connect),
+        read: one(&spec.read, "read", d.read),
+        write: one(&spec.write, "write", d.write),
+        idle: one(&spec.idle, "idle", d.idle),
+    }
+}
+
+/// Where a route was defined, for duplicate messages.
+struct Origin {
+    file: Arc<Path>,
+    yaml_path: String,
+}
+
+fn compile_ingresses(
+    ingresses: &[Sourced<IngressSpec>],
+    pool_ids: &HashMap<String, PoolId>,
+    known_services: &[&str],
+    errors: &mut Vec<ConfigError>,
+) -> (Router, Vec<Route>) {
+    let mut router = Router::new();
+    let mut routes = Vec::new();
+    let mut origins: Vec<Origin> = Vec::new();
+    let mut names: HashMap<String, Arc<Path>> = HashMap::new();
+    for ing in ingresses {
+        let mut e = Errs {
+            file: &ing.file,
+            out: errors,
+        };
+        let name = ing
+            .spec
+            .name
+            .clone()
+            .unwrap_or_else(|| default_ingress_name(ing));
+        if let Some(prev) = names.insert(name.clone(), ing.file.clone()) {
+            e.push(
+                format!("{}.name", ing.yaml_path),
+                format!(
+                    "ingress name {name:?} is already used in {}; names must be unique",
+                    prev.display()
+                ),
+            );
+        }
+        for (ri, rule) in ing.spec.rules.iter().enumerate() {
+            let rule_at = format!("{}.rules[{ri}]", ing.yaml_path);
+            let host = match HostPattern::parse(&rule.host) {
+                Ok(h) => h,
+                Err(m) => {
+                    e.push(format!("{rule_at}.host"), m);
+                    continue;
+                }
+            };
+            for (pi, p) in rule.paths.iter().enumerate() {
+                let at = format!("{rule_at}.paths[{pi}]");
+                let Some((pattern, action)) =
+                    compile_path(p, &at, pool_ids, known_services, &mut e)
+                else {
+                    continue;
+                };
+                let id = RouteId(routes.len() as u32);
+                let shown = pattern.to_string();
+                match router.insert(host.clone(), pattern, id) {
+                    Ok(()) => {
+                        routes.push(Route {
+                            name: format!("{name}/{host}{}", p.path),
+                            host: host.clone(),
+                            path: shown,
+                            action,
+                        });
+                        origins.push(Origin {
+                            file: ing.file.clone(),
+                            yaml_path: at,
+                        });
+                    }
+                    Err(prev) => {
+                        let o = &origins[prev.0 as usize];
+                        e.push(at, format!(
+                            "host {host} path {shown:?} is already routed by {}: {}; remove one or change its path",
+                            o.file.display(), o.yaml_path
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    (router, routes)
+}
+
+fn default_ingress_name(ing: &Sourced<IngressSpec>) -> String {
+    let stem = ing
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("ingress");
+    format!("{stem}.{}", ing.yaml_path)
+}
+
+fn compile_path(
+    p: &PathSpec,
+    at: &str,
+    pool_ids: &HashMap<String, PoolId>,
+    known_services: &[&str],
+    e: &mut Errs,
+) -> Option<(PathPattern, RouteAction)> {
+    let pattern = match p.match_kind.unwrap_or(MatchSpec::Prefix) {
+        MatchSpec::Exact => PathPattern::exact(&p.path),
+        MatchSpec::Prefix => PathPattern::prefix(&p.path),
+        MatchSpec::Regex => PathPattern::regex(&p.path),
+    };
+    let pattern = pattern.map_err(|m| e.push(format!("{at}.path"), m)).ok();
+    let action = match (&p.service, &p.respond) {
+        (Some(s), None) => match pool_ids.get(s) {
+            Some(id) => Some(RouteAction::Proxy(*id)),
+            None if known_services.contains(&s.as_str()) => None, // the service had its own errors
+            None => {
+                let hint = closest(s, known_services)
+                    .map_or_else(String::new, |c| format!("; did you mean {c:?}?"));
+                e.push(
+                    format!("{at}.service"),
+                    format!("no service named {s:?}{hint}"),
+                );
+                None
+            }
+        },
+        (None, Some(r)) => {
+            compile_respond(r, &format!("{at}.respond"), e).map(RouteAction::Respond)
+        }
+        _ => {
+            e.push(at, "a path needs exactly one of `service` or `respond`");
+            None
+        }
+    };
+    Some((pattern?, action?))
+}
+
+fn compile_respond(spec: &RespondSpec, at: &str, e: &mut Errs) -> Option<DirectResponse> {
+    let before = e.out.len();
+    let status = match spec.status.unwrap_or(200) {
+        n @ 200..=599 => StatusCode::from_u16(n as u16).ok(),
+        n => {
+            e.push(
+                format!("{at}.status"),
+                format!("status must be between 200 and 599, got {n}"),
+            );
+            None
+        }
+    };
+    let mut headers = Vec::new();
+    for (k, v) in &spec.headers {
+        match (
+            HeaderName::try_from(k.as_str()),
+            HeaderValue::try_from(v.as_str()),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(_), _) => e.push(
+                format!("{at}.headers.{k}"),
+                format!("{k:?} is not a valid header name"),
+            ),
+            (_, Err(_)) => e.push(
+                format!("{at}.headers.{k}"),
+                format!("{v:?} is not a valid header value"),
+            ),
+        }
+    }
+    if !spec.body.is_empty() && !headers.iter().any(|(n, _)| n == http::header::CONTENT_TYPE) {
+        headers.push((
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        ));
+    }
+    (e.out.len() == before).then(|| DirectResponse {
+        status: status.unwrap_or(StatusCode::OK),
+        headers,
+        body: Bytes::from(spec.body.clone()),
+    })
+}
+
+/// The known name closest to `name` (for "did you mean"), if any is close.
+fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_ranges_parse() {
+        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(duration("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert!(duration("fast").is_err());
+        assert_eq!(parse_status_range("200-399").unwrap(), 200..=399);
+        assert_eq!(parse_status_range("204").unwrap(), 204..=204);
+        assert!(parse_status_range("399-200").is_err());
+        assert!(parse_status_range("abc").is_err());
+    }
+
+    #[test]
+    fn closest_name_suggestion() {
+        assert_eq!(closest("apii", &["api", "web"]), Some("api"));
+        assert_eq!(closest("zzzzzz", &["api", "web"]), None);
+    }
+}

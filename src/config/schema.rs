@@ -1,0 +1,177 @@
+//! The serde types of the configuration file, exactly as an operator writes it.
+//!
+//! Every struct denies unknown keys, so a typo is an error, not a silently ignored line.
+//! These types never leave `config`: `compile` turns them into the typed `Runtime`.
+//! Imports: serde only.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The main configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    #[serde(default)]
+    pub listen: ListenSpec,
+    /// Globs (relative to the main file) of fragment files holding more services and ingresses.
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub server: ServerSpec,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+    #[serde(default)]
+    pub ingresses: Vec<IngressSpec>,
+}
+
+/// An included file (`include:`): only services and ingresses, merged into the main table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FragmentSpec {
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+    #[serde(default)]
+    pub ingresses: Vec<IngressSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSpec {
+    #[serde(default)]
+    pub http: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    pub threads: Option<i64>,
+    pub work_stealing: Option<bool>,
+    pub grace_period: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub upstream_keepalive_pool_size: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub targets: Vec<TargetSpec>,
+    pub balance: Option<BalanceSpec>,
+    /// What consistent_hash hashes: `client_ip` (default) or `header:<Name>`.
+    pub hash_key: Option<String>,
+    pub health_check: Option<HealthCheckSpec>,
+    pub retries: Option<i64>,
+    #[serde(default)]
+    pub timeouts: TimeoutsSpec,
+    /// Host header sent upstream instead of the client's.
+    pub host_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TargetSpec {
+    Address(String),
+    Weighted(WeightedTargetSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTargetSpec {
+    pub address: String,
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceSpec {
+    RoundRobin,
+    Random,
+    ConsistentHash,
+    LeastConnections,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    pub tcp: Option<TcpCheckSpec>,
+    pub http: Option<HttpCheckSpec>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheckSpec {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheckSpec {
+    pub path: Option<String>,
+    /// Accepted status range, `"200-399"` or a single `"204"`.
+    pub expect: Option<String>,
+    /// Host header of the probe; defaults to the target address.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    pub connect: Option<String>,
+    pub read: Option<String>,
+    pub write: Option<String>,
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressSpec {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub paths: Vec<PathSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSpec {
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(rename = "match")]
+    pub match_kind: Option<MatchSpec>,
+    pub service: Option<String>,
+    pub respond: Option<RespondSpec>,
+}
+
+fn default_path() -> String {
+    "/".to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchSpec {
+    Exact,
+    Prefix,
+    Regex,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSpec {
+    pub status: Option<i64>,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}

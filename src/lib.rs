@@ -1,0 +1,87 @@
+//! gatehouse: an edge reverse proxy built on Cloudflare's Pingora.
+//!
+//! `main.rs` is a thin CLI over this library; `tests/` and `benches/` reach the rooms below.
+//! Imports run one way: config -> {routing, upstream} and proxy -> {routing, upstream}.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod proxy;
+pub mod routing;
+pub mod runtime;
+pub mod upstream;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use runtime::Runtime;
+use std::sync::Arc;
+
+/// How the process was asked to start.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Take the listening sockets over from a running gatehouse (zero-downtime upgrade).
+    pub upgrade: bool,
+    /// Detach and run in the background.
+    pub daemon: bool,
+}
+
+fn whole_seconds(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Build the Pingora server for a compiled runtime: the HTTP proxy on every listener and the
+/// background supervisor. Nothing is bound until the server runs.
+pub fn build_server(rt: Runtime, opts: &RunOptions) -> Server {
+    let s = &rt.server;
+    let conf = ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        pid_file: s.pid_file.display().to_string(),
+        upgrade_sock: s.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(whole_seconds(s.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(whole_seconds(s.shutdown_timeout)),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        daemon: opts.daemon,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let listen_http = rt.listen_http.clone();
+    let state = Arc::new(ArcSwap::from_pointee(rt));
+    let mut http = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy::Gatehouse::new(state.clone()),
+        "gatehouse http",
+    );
+    for addr in &listen_http {
+        http.add_tcp(&addr.to_string());
+    }
+    server.add_service(http);
+    server.add_service(background_service("supervisor", Supervisor { state }));
+    server
+}
+
+/// Background work that follows the current runtime: health checks of its pools.
+struct Supervisor {
+    state: Arc<ArcSwap<Runtime>>,
+}
+
+#[async_trait]
+impl BackgroundService for Supervisor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        for pool in &self.state.load().pools {
+            upstream::spawn_health_checks(pool);
+        }
+        let _ = shutdown.changed().await;
+    }
+}

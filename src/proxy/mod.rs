@@ -1,0 +1,242 @@
+//! The only `impl ProxyHttp`. Each phase is a few lines calling routing, upstream and respond.
+//!
+//! Imports: routing, upstream, runtime (and pingora). Nothing here knows YAML.
+
+mod ctx;
+mod respond;
+
+pub use ctx::Ctx;
+
+use crate::routing::normalize_host;
+use crate::runtime::{RouteAction, Runtime};
+use crate::upstream::{Balance, HashKey};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::header;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+use std::sync::Arc;
+
+/// The HTTP proxy: reads the current [`Runtime`] from a shared swap slot.
+pub struct Gatehouse {
+    state: Arc<ArcSwap<Runtime>>,
+}
+
+impl Gatehouse {
+    pub fn new(state: Arc<ArcSwap<Runtime>>) -> Self {
+        Gatehouse { state }
+    }
+}
+
+fn status_error(code: u16, why: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(code), why)
+}
+
+#[async_trait]
+impl ProxyHttp for Gatehouse {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new(self.state.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_canonical());
+        let req = session.req_header();
+        let path = req.uri.path();
+        if !path.starts_with('/') {
+            respond::error(session, 400).await?;
+            return Ok(true);
+        }
+        let raw_host = match req.uri.authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => {
+                let mut hosts = req.headers.get_all(header::HOST).iter();
+                match (hosts.next(), hosts.next()) {
+                    (Some(h), None) => Some(h.as_bytes()),
+                    (None, _) => None,
+                    // Two Host headers: ambiguous, never guess.
+                    (Some(_), Some(_)) => {
+                        respond::error(session, 400).await?;
+                        return Ok(true);
+                    }
+                }
+            }
+        };
+        let host = raw_host.map(normalize_host);
+        let usable = match &host {
+            Some(Ok(h)) => Some(h.as_ref()),
+            _ => None,
+        };
+        let route = ctx.rt.router.route(usable, path);
+        let Some(route) = route else {
+            // Without a usable host only a catch-all could have matched: the host is the fault.
+            let status = if usable.is_none() { 400 } else { 404 };
+            respond::error(session, status).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route);
+        let rt = ctx.rt.clone();
+        match &rt.route(route).action {
+            RouteAction::Respond(d) => {
+                respond::direct(session, d).await?;
+                Ok(true)
+            }
+            RouteAction::Proxy(pool) => {
+                ctx.pool = Some(rt.pool(*pool).clone());
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = ctx
+            .pool
+            .clone()
+            .ok_or_else(|| status_error(500, "no pool for route"))?;
+        let ip_key;
+        let key: &[u8] = match &pool.config.balance {
+            Balance::ConsistentHash(HashKey::ClientIp) => {
+                ip_key = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+                ip_key.as_bytes()
+            }
+            Balance::ConsistentHash(HashKey::Header(h)) => session.get_header_bytes(h),
+            _ => b"",
+        };
+        let Some(addr) = pool.select(key, &ctx.tried) else {
+            return Err(if ctx.tried.is_empty() {
+                status_error(503, "no healthy backend")
+            } else {
+                status_error(502, "every backend tried failed")
+            });
+        };
+        ctx.tried.push(addr);
+        ctx.inflight = pool.track(addr);
+        let t = &pool.config.timeouts;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.write);
+        peer.options.idle_timeout = Some(t.idle);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.inflight = None;
+        let retries = ctx.pool.as_ref().map_or(0, |p| p.config.retries);
+        // Nothing reached the backend yet, so any method may go to another one.
+        let retry = ctx.tried.len() <= retries;
+        log::warn!(
+            "connect to {} failed: {}{}",
+            peer,
+            e.etype().as_str(),
+            if retry {
+                "; trying another backend"
+            } else {
+                ""
+            }
+        );
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(ip) = ctx.client_ip {
+            let ip = ip.to_string();
+            let xff = match upstream.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+                Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+                _ => ip.clone(),
+            };
+            upstream.insert_header("X-Forwarded-For", xff)?;
+            upstream.insert_header("X-Real-IP", ip)?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
+        let host = session
+            .req_header()
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                session
+                    .get_header(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        if let Some(host) = host {
+            upstream.insert_header("X-Forwarded-Host", &host)?;
+            if upstream.headers.get(header::HOST).is_none() {
+                upstream.insert_header(header::HOST, host)?;
+            }
+        }
+        if let Some(h) = ctx.pool.as_ref().and_then(|p| p.config.host_header.clone()) {
+            upstream.insert_header(header::HOST, h)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let code = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+                ErrorSource::Upstream,
+            ) => 504,
+            (_, ErrorSource::Upstream) => 502,
+            (
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+        };
+        if code > 0 && session.response_written().is_none() {
+            // The connection is not reused after a failure: say so, so that no client races
+            // the close by sending its next request on it.
+            session.set_keepalive(None);
+            if let Err(err) = respond::error(session, code).await {
+                log::debug!("could not send the {code} error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.inflight = None;
+        if log::log_enabled!(log::Level::Debug) {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            let route = ctx
+                .route
+                .map(|r| ctx.rt.route(r).name.as_str())
+                .unwrap_or("-");
+            log::debug!(
+                "{} {} {} -> {} route={} tried={:?} error={:?}",
+                ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                session.req_header().method,
+                session.req_header().uri,
+                status,
+                route,
+                ctx.tried,
+                e.map(|e| e.etype().as_str())
+            );
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `Runtime`: the compiled, immutable snapshot of the configuration that requests read.
+//!
+//! It is held in an `ArcSwap`; a reload compiles a new one and swaps it in atomically, and a
+//! request keeps the snapshot it started with. Imports: routing, upstream.
+
+use crate::routing::{HostPattern, RouteId, Router};
+use crate::upstream::{Pool, PoolId};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Process-level settings (threads, upgrade paths, shutdown timing). Changing them needs a
+/// restart or an upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub work_stealing: bool,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
+    pub upstream_keepalive_pool_size: usize,
+}
+
+/// A fixed response served by gatehouse itself.
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Proxy(PoolId),
+    Respond(DirectResponse),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `ingress/host/path`: stable across reloads, used in logs and metric labels.
+    pub name: String,
+    pub host: HostPattern,
+    /// The path pattern as shown to operators (`= /x`, `/x`, `~ ^/x`).
+    pub path: String,
+    pub action: RouteAction,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    /// Hash of every configuration file read: changes whenever the configuration does.
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    pub files: Vec<PathBuf>,
+    pub listen_http: Vec<SocketAddr>,
+    pub server: ServerSettings,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub pools: Vec<Arc<Pool>>,
+    /// Things that are legal but probably not what the operator meant.
+    pub warnings: Vec<String>,
+}
+
+impl Runtime {
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.0 as usize]
+    }
+
+    pub fn pool(&self, id: PoolId) -> &Arc<Pool> {
+        &self.pools[id.0 as usize]
+    }
+
+    /// A short human summary: listeners, routes and pools (what `gatehouse check` prints).
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "config version {:016x} ({} files)",
+            self.version,
+            self.files.len()
+        );
+        for l in &self.listen_http {
+            let _ = writeln!(s, "listen http {l}");
+        }
+        let _ = writeln!(s, "{} routes:", self.routes.len());
+        for r in &self.routes {
+            let target = match &r.action {
+                RouteAction::Proxy(p) => format!("-> pool {}", self.pool(*p).config.name),
+                RouteAction::Respond(d) => format!("-> respond {}", d.status.as_u16()),
+            };
+            let _ = writeln!(s, "  {} {} {}  [{}]", r.host, r.path, target, r.name);
+        }
+        let _ = writeln!(s, "{} pools:", self.pools.len());
+        for p in &self.pools {
+            let c = &p.config;
+            let targets: Vec<String> = c
+                .targets
+                .iter()
+                .map(|t| format!("{} w{}", t.addr, t.weight))
+                .collect();
+            let check = match &c.health_check {
+                Some(h) => format!("{:?} every {:?}", h.kind, h.interval),
+                None => "no active check".into(),
+            };
+            let _ = writeln!(
+                s,
+                "  {} ({}, {}, retries {}): {}",
+                c.name,
+                c.balance.name(),
+                check,
+                c.retries,
+                targets.join(", ")
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        s
+    }
+}

@@ -1,0 +1,103 @@
+//! Active health checks: TCP connect or an HTTP probe, with rise/fall thresholds.
+//!
+//! Each pool with a check gets one tokio task that holds only a weak reference to it, so a
+//! pool dropped by a reload stops being checked by itself.
+
+use super::{CheckKind, HealthCheckConfig, Pool};
+use async_trait::async_trait;
+use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::Backend;
+use pingora::prelude::RequestHeader;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+struct LogHealthChange {
+    pool: String,
+}
+
+#[async_trait]
+impl HealthObserve for LogHealthChange {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        if healthy {
+            log::info!(
+                "pool {}: backend {} is healthy again",
+                self.pool,
+                target.addr
+            );
+        } else {
+            log::warn!(
+                "pool {}: backend {} is unhealthy, taking it out",
+                self.pool,
+                target.addr
+            );
+        }
+    }
+}
+
+pub(super) fn build_check(
+    pool: &str,
+    cfg: &HealthCheckConfig,
+) -> Box<dyn HealthCheck + Send + Sync> {
+    let observer = Box::new(LogHealthChange {
+        pool: pool.to_string(),
+    });
+    match &cfg.kind {
+        CheckKind::Tcp => {
+            let mut hc = TcpHealthCheck::new();
+            hc.peer_template.options.connection_timeout = Some(cfg.timeout);
+            hc.consecutive_success = cfg.rise;
+            hc.consecutive_failure = cfg.fall;
+            hc.health_changed_callback = Some(observer);
+            hc
+        }
+        CheckKind::Http { path, expect, host } => {
+            let mut hc = HttpHealthCheck::new(host.as_deref().unwrap_or("localhost"), false);
+            // The path was validated at compile time; fall back to "/" rather than panic.
+            if let Ok(req) = RequestHeader::build("GET", path.as_bytes(), None) {
+                let mut req = req;
+                let _ = req.insert_header("Host", host.as_deref().unwrap_or("localhost"));
+                let _ = req.insert_header("User-Agent", "gatehouse-health-check");
+                hc.req = req;
+            }
+            hc.peer_template.options.connection_timeout = Some(cfg.timeout);
+            hc.peer_template.options.read_timeout = Some(cfg.timeout);
+            hc.peer_template.options.write_timeout = Some(cfg.timeout);
+            hc.consecutive_success = cfg.rise;
+            hc.consecutive_failure = cfg.fall;
+            let expect = expect.clone();
+            hc.validator = Some(Box::new(move |resp| {
+                if expect.contains(&resp.status.as_u16()) {
+                    Ok(())
+                } else {
+                    pingora::Error::e_explain(
+                        pingora::ErrorType::CustomCode("unexpected status", resp.status.as_u16()),
+                        "health check",
+                    )
+                }
+            }));
+            hc.health_changed_callback = Some(observer);
+            Box::new(hc)
+        }
+    }
+}
+
+/// Start the periodic health check of `pool` if it has one and it is not already running.
+/// Must be called from within a tokio runtime.
+pub fn spawn_health_checks(pool: &Arc<Pool>) {
+    let Some(cfg) = &pool.config.health_check else {
+        return;
+    };
+    if pool.checks_started.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let interval = cfg.interval;
+    let weak = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        loop {
+            let Some(pool) = weak.upgrade() else { break };
+            pool.backends().run_health_check(true).await;
+            drop(pool);
+            tokio::time::sleep(interval).await;
+        }
+    });
+}

@@ -1,0 +1,235 @@
+//! Upstream pools on pingora-load-balancing: selection, active health checks, timeouts.
+//!
+//! A [`Pool`] is built from a typed [`PoolConfig`] (made by `config::compile`) and is
+//! addressed by [`PoolId`] in the runtime. Pools whose configuration is unchanged are carried
+//! across reloads as the same `Arc<Pool>`, so their health state survives.
+//! Imports: pingora, metrics-free; nothing of config or proxy.
+
+mod health;
+mod select;
+
+pub use health::spawn_health_checks;
+pub use select::InflightGuard;
+
+use http::HeaderName;
+use http::HeaderValue;
+use pingora::lb::selection::{Consistent, Random, RoundRobin};
+use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::Duration;
+
+/// Index of a pool in the runtime's pool table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolId(pub u32);
+
+/// One resolved backend address with its weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub weight: usize,
+}
+
+/// What consistent hashing hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(HeaderName),
+}
+
+/// Backend selection algorithm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Random,
+    ConsistentHash(HashKey),
+    LeastConnections,
+}
+
+impl Balance {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::Random => "random",
+            Balance::ConsistentHash(_) => "consistent_hash",
+            Balance::LeastConnections => "least_connections",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    Tcp,
+    Http {
+        path: String,
+        expect: RangeInclusive<u16>,
+        host: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to mark an unhealthy backend healthy.
+    pub rise: usize,
+    /// Consecutive failures to mark a healthy backend unhealthy.
+    pub fall: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    /// How long an idle upstream keep-alive connection is kept in the pool.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The typed configuration of one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub balance: Balance,
+    pub health_check: Option<HealthCheckConfig>,
+    /// How many other backends to try after a failed connection.
+    pub retries: usize,
+    pub timeouts: Timeouts,
+    pub host_header: Option<HeaderValue>,
+}
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Hash(LoadBalancer<Consistent>),
+}
+
+/// A live pool: its configuration, its balancer with health state, and in-flight counts.
+pub struct Pool {
+    pub config: PoolConfig,
+    balancer: Balancer,
+    /// In-flight requests per backend, in the order of `config.targets` (deduplicated).
+    inflight: Box<[(SocketAddr, AtomicUsize)]>,
+    /// Rotates the starting point of least-connections ties.
+    tie_break: AtomicUsize,
+    max_iterations: usize,
+    checks_started: AtomicBool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Build a pool. Starts nothing: health checks are started by [`spawn_health_checks`].
+    pub fn new(config: PoolConfig) -> Result<Pool, String> {
+        let set: BTreeSet<Backend> = config
+            .targets
+            .iter()
+            .map(|t| Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(t.addr),
+                weight: t.weight,
+                ext: Default::default(),
+            })
+            .collect();
+        let hc = config
+            .health_check
+            .as_ref()
+            .map(|hc| health::build_check(&config.name, hc));
+        let balancer = match &config.balance {
+            Balance::RoundRobin | Balance::LeastConnections => {
+                Balancer::RoundRobin(build_lb(set, hc)?)
+            }
+            Balance::Random => Balancer::Random(build_lb(set, hc)?),
+            Balance::ConsistentHash(_) => Balancer::Hash(build_lb(set, hc)?),
+        };
+        let mut seen = Vec::new();
+        for t in &config.targets {
+            if !seen.contains(&t.addr) {
+                seen.push(t.addr);
+            }
+        }
+        let inflight = seen.into_iter().map(|a| (a, AtomicUsize::new(0))).collect();
+        let total_weight: usize = config.targets.iter().map(|t| t.weight).sum();
+        Ok(Pool {
+            max_iterations: total_weight.saturating_mul(2).saturating_add(16),
+            config,
+            balancer,
+            inflight,
+            tie_break: AtomicUsize::new(0),
+            checks_started: AtomicBool::new(false),
+        })
+    }
+
+    fn backends(&self) -> &Backends {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::Hash(lb) => lb.backends(),
+        }
+    }
+
+    /// Whether the active health check currently considers `addr` healthy.
+    pub fn is_healthy(&self, addr: SocketAddr) -> bool {
+        self.config
+            .targets
+            .iter()
+            .filter(|t| t.addr == addr)
+            .any(|t| {
+                self.backends().ready(&Backend {
+                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(t.addr),
+                    weight: t.weight,
+                    ext: Default::default(),
+                })
+            })
+    }
+
+    /// Requests currently in flight to `addr`.
+    pub fn inflight(&self, addr: SocketAddr) -> usize {
+        self.inflight
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map_or(0, |(_, n)| n.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+fn build_lb<S>(
+    set: BTreeSet<Backend>,
+    hc: Option<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>>,
+) -> Result<LoadBalancer<S>, String>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    use futures_util::FutureExt;
+    let backends = Backends::new(discovery::Static::new(set));
+    let mut lb = LoadBalancer::<S>::from_backends(backends);
+    if let Some(hc) = hc {
+        lb.set_health_check(hc);
+    }
+    // Static discovery completes without awaiting anything.
+    match lb.update().now_or_never() {
+        Some(Ok(())) => Ok(lb),
+        Some(Err(e)) => Err(format!("cannot build the balancer: {e}")),
+        None => Err("static discovery did not complete".to_string()),
+    }
+}

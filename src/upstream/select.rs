@@ -1,0 +1,143 @@
+//! Choosing a backend for one request attempt, and counting requests in flight.
+
+use super::{Balance, Balancer, Pool};
+use pingora::lb::Backend;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Decrements a backend's in-flight count when the attempt ends (dropped with the request).
+#[derive(Debug)]
+pub struct InflightGuard {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.pool.inflight[self.index].1.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Pool {
+    /// Pick a healthy backend that is not in `exclude` (the ones this request already tried).
+    /// `key` feeds consistent hashing and is ignored by the other algorithms.
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        let accept = |b: &Backend, healthy: bool| healthy && !excluded(b, exclude);
+        let backend = match &self.balancer {
+            Balancer::RoundRobin(_) if self.config.balance == Balance::LeastConnections => {
+                return self.least_connections(exclude);
+            }
+            Balancer::RoundRobin(lb) => lb.select_with(key, self.max_iterations, accept),
+            Balancer::Random(lb) => lb.select_with(key, self.max_iterations, accept),
+            Balancer::Hash(lb) => lb.select_with(key, self.max_iterations, accept),
+        }?;
+        backend.addr.as_inet().copied()
+    }
+
+    /// Count a request in flight to `addr` until the returned guard is dropped.
+    pub fn track(self: &Arc<Self>, addr: SocketAddr) -> Option<InflightGuard> {
+        let index = self.inflight.iter().position(|(a, _)| *a == addr)?;
+        self.inflight[index].1.fetch_add(1, Relaxed);
+        Some(InflightGuard {
+            pool: self.clone(),
+            index,
+        })
+    }
+
+    /// The healthy backend with the fewest requests in flight relative to its weight; ties go
+    /// round the pool so that an idle pool still spreads its load.
+    fn least_connections(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        let n = self.config.targets.len();
+        let start = self.tie_break.fetch_add(1, Relaxed);
+        let mut best: Option<(usize, usize, SocketAddr)> = None; // (load*1000/weight, weight)
+        for i in 0..n {
+            let t = &self.config.targets[(start + i) % n];
+            if exclude.contains(&t.addr) || !self.is_healthy(t.addr) {
+                continue;
+            }
+            let load = self.inflight(t.addr).saturating_mul(1000) / t.weight.max(1);
+            if best.is_none_or(|(l, _, _)| load < l) {
+                best = Some((load, t.weight, t.addr));
+            }
+        }
+        best.map(|(_, _, a)| a)
+    }
+}
+
+fn excluded(b: &Backend, exclude: &[SocketAddr]) -> bool {
+    b.addr.as_inet().is_some_and(|a| exclude.contains(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    fn pool(balance: Balance, weights: &[usize]) -> Arc<Pool> {
+        let targets = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Target {
+                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                weight: *w,
+            })
+            .collect();
+        Arc::new(
+            Pool::new(PoolConfig {
+                name: "p".into(),
+                targets,
+                balance,
+                health_check: None,
+                retries: 1,
+                timeouts: Timeouts::default(),
+                host_header: None,
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights() {
+        let p = pool(Balance::RoundRobin, &[1, 3]);
+        let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
+        for _ in 0..400 {
+            *counts.entry(p.select(b"", &[]).unwrap()).or_default() += 1;
+        }
+        assert_eq!(counts[&"127.0.0.1:1000".parse().unwrap()], 100);
+        assert_eq!(counts[&"127.0.0.1:1001".parse().unwrap()], 300);
+    }
+
+    #[test]
+    fn exclusion_skips_tried_backends() {
+        let p = pool(Balance::RoundRobin, &[1, 1]);
+        let first = p.select(b"", &[]).unwrap();
+        let second = p.select(b"", &[first]).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(p.select(b"", &[first, second]), None);
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_per_key() {
+        let p = pool(Balance::ConsistentHash(HashKey::ClientIp), &[1, 1, 1, 1]);
+        for key in [&b"10.0.0.1"[..], b"10.0.0.2", b"user-42"] {
+            let a = p.select(key, &[]).unwrap();
+            assert!((0..20).all(|_| p.select(key, &[]) == Some(a)));
+        }
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idlest() {
+        let p = pool(Balance::LeastConnections, &[1, 1, 1]);
+        let busy: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let also_busy: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let _g1 = p.track(busy).unwrap();
+        let _g2 = p.track(also_busy).unwrap();
+        for _ in 0..5 {
+            assert_eq!(p.select(b"", &[]), Some("127.0.0.1:1002".parse().unwrap()));
+        }
+        drop(_g1);
+        assert_eq!(p.inflight(busy), 0);
+    }
+}

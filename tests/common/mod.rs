@@ -1,0 +1,329 @@
+//! Integration harness: starts the real gatehouse binary on ephemeral ports with a generated
+//! configuration, starts origin servers that echo what they receive, and waits on readiness
+//! (a successful TCP connect), never on fixed sleeps.
+#![allow(dead_code)]
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// A port that was free a moment ago (the OS hands out ephemeral ports round-robin, so a
+/// just-released one is not reused immediately).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Poll `f` until it returns true or `timeout` passes. Returns whether it became true.
+pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// What an origin does with a request, decided per request.
+#[derive(Default)]
+pub struct Behaviour {
+    /// Status for every request except `/healthz`.
+    pub status: AtomicU16,
+    /// `/healthz` answers 200 while true, 503 otherwise.
+    pub healthy: AtomicBool,
+    /// Delay before answering, in milliseconds.
+    pub delay_ms: AtomicU64,
+}
+
+/// An HTTP/1.1 origin that echoes the request as JSON: `{origin, method, uri, headers}`.
+pub struct Origin {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub behaviour: Arc<Behaviour>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start(name: &str) -> Origin {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Start on a given address (to bring a stopped origin back on its old port).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(addr).await.expect("bind origin");
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let behaviour = Arc::new(Behaviour {
+            status: AtomicU16::new(200),
+            healthy: AtomicBool::new(true),
+            delay_ms: AtomicU64::new(0),
+        });
+        let (n, h, b) = (name.to_string(), hits.clone(), behaviour.clone());
+        let task = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts every connection too.
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, h, b) = (n.clone(), h.clone(), b.clone());
+                conns.spawn(async move {
+                    let svc =
+                        service_fn(move |req| serve_echo(n.clone(), h.clone(), b.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Origin {
+            name: name.to_string(),
+            addr,
+            hits,
+            behaviour,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stop listening and close every open connection.
+    pub async fn stop(self) -> SocketAddr {
+        self.task.abort();
+        let _ = self.task.await;
+        self.addr
+    }
+}
+
+async fn serve_echo(
+    name: String,
+    hits: Arc<AtomicUsize>,
+    b: Arc<Behaviour>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/healthz" {
+        let ok = b.healthy.load(Ordering::SeqCst);
+        let resp = Response::builder().status(if ok { 200 } else { 503 });
+        return Ok(resp
+            .body(Full::new(Bytes::from_static(b"health\n")))
+            .unwrap());
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    let delay = b.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.to_string())
+            .or_default()
+            .push(v.to_str().unwrap_or("?").to_string());
+    }
+    let body = json!({
+        "origin": name,
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "headers": headers,
+    });
+    let status = b.status.load(Ordering::SeqCst);
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-origin", name)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap())
+}
+
+/// A running gatehouse process with its own temporary directory.
+pub struct Gatehouse {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub config: PathBuf,
+    child: Child,
+}
+
+/// Result of running a gatehouse subcommand to completion.
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Write a main config (and extra files) into a fresh directory. `body` holds everything but
+/// `listen` and `server`, which the harness adds with an ephemeral port and private paths.
+pub fn write_config(body: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, u16, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = dir.path().display();
+    let main = format!(
+        "listen:\n  http: [\"127.0.0.1:{port}\"]\nserver:\n  threads: 2\n  grace_period: 1s\n  \
+         shutdown_timeout: 1s\n  pid_file: {d}/gatehouse.pid\n  upgrade_sock: {d}/upgrade.sock\n{body}"
+    );
+    let config = dir.path().join("gatehouse.yaml");
+    std::fs::write(&config, main).unwrap();
+    for (name, content) in files {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    (dir, port, config)
+}
+
+/// Run `gatehouse <args>` to completion.
+pub fn gatehouse_cmd(args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run gatehouse");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `gatehouse check` on a config written like [`write_config`].
+pub fn check(body: &str, files: &[(&str, &str)]) -> Output {
+    let (dir, _, config) = write_config(body, files);
+    let out = gatehouse_cmd(&["check", "-c", config.to_str().unwrap()]);
+    drop(dir);
+    out
+}
+
+impl Gatehouse {
+    pub async fn start(body: &str) -> Gatehouse {
+        Self::start_with(body, &[]).await
+    }
+
+    pub async fn start_with(body: &str, files: &[(&str, &str)]) -> Gatehouse {
+        let (dir, port, config) = write_config(body, files);
+        let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "-c", config.to_str().unwrap()])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gatehouse");
+        let mut gh = Gatehouse {
+            dir,
+            port,
+            config,
+            child,
+        };
+        gh.wait_ready(port).await;
+        gh
+    }
+
+    async fn wait_ready(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gatehouse exited early ({status}):\n{}", self.log());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "gatehouse did not listen on {port} within 20s:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Send raw bytes and read the whole response (the request should ask to close).
+    pub async fn raw(&self, request: &[u8]) -> String {
+        raw_request(self.port, request).await
+    }
+}
+
+impl Drop for Gatehouse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send raw bytes to a port and read until the server closes (or 5 s pass). Async, so that
+/// origins on the test's own runtime keep being served meanwhile.
+pub async fn raw_request(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client that talks to gatehouse directly (no system proxy), one for every test.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// GET `url` with a Host header; returns (status, body).
+pub async fn get_host(c: &reqwest::Client, url: &str, host: &str) -> (u16, String) {
+    let r = match c.get(url).header("host", host).send().await {
+        Ok(r) => r,
+        Err(e) => return (0, format!("request failed: {e:?}")),
+    };
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// The origin name in an echo body (or the raw body if it is not one).
+pub fn origin_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["origin"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.to_string())
+}
+
+/// Parse an echo body.
+pub fn echo(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("not an echo body: {body}"))
+}

@@ -1,0 +1,306 @@
+//! Upstream pools through the real binary: balancing, health checks, retries, timeouts and
+//! the headers gatehouse forwards.
+
+mod common;
+use common::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+fn one_route(service: &str) -> String {
+    format!("ingresses:\n  - rules: [{{ paths: [{{ path: /, service: {service} }}] }}]\n")
+}
+
+async fn count_origins(gh: &Gatehouse, n: usize) -> HashMap<String, usize> {
+    let c = client();
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let (status, body) = get_host(&c, &gh.url("/"), "x.test").await;
+        assert_eq!(status, 200, "{body}");
+        *counts.entry(origin_of(&body)).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn weighted_round_robin_follows_weights() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s:\n    targets: [\"{}\", {{ address: \"{}\", weight: 3 }}]\n{}",
+        a.addr,
+        b.addr,
+        one_route("s")
+    ))
+    .await;
+    let counts = count_origins(&gh, 200).await;
+    assert_eq!(counts["a"], 50, "{counts:?}");
+    assert_eq!(counts["b"], 150, "{counts:?}");
+}
+
+#[tokio::test]
+async fn random_spreads_and_consistent_hash_sticks() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let gh = Gatehouse::start(&format!(
+        r#"services:
+  r: {{ targets: ["{a}", "{b}"], balance: random }}
+  h: {{ targets: ["{a}", "{b}"], balance: consistent_hash, hash_key: "header:X-User" }}
+ingresses:
+  - rules:
+      - paths: [{{ path: /r, service: r }}, {{ path: /h, service: h }}]
+"#,
+        a = a.addr,
+        b = b.addr
+    ))
+    .await;
+    let c = client();
+    let mut seen = HashMap::<String, usize>::new();
+    for _ in 0..100 {
+        let body = c
+            .get(gh.url("/r"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        *seen.entry(origin_of(&body)).or_default() += 1;
+    }
+    assert!(
+        seen.len() == 2 && seen.values().all(|n| *n >= 20),
+        "random: {seen:?}"
+    );
+    let mut per_user = HashMap::<String, String>::new();
+    let mut distinct = std::collections::HashSet::new();
+    for round in 0..3 {
+        for user in 0..20 {
+            let body = c
+                .get(gh.url("/h"))
+                .header("x-user", format!("user-{user}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let o = origin_of(&body);
+            distinct.insert(o.clone());
+            if round == 0 {
+                per_user.insert(user.to_string(), o);
+            } else {
+                assert_eq!(per_user[&user.to_string()], o, "user-{user} moved");
+            }
+        }
+    }
+    assert_eq!(distinct.len(), 2, "20 users all hashed to one backend");
+}
+
+#[tokio::test]
+async fn least_connections_avoids_the_busy_backend() {
+    let slow = Origin::start("slow").await;
+    slow.behaviour.delay_ms.store(1500, Ordering::SeqCst);
+    let fast = Origin::start("fast").await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{}\", \"{}\"], balance: least_connections }}\n{}",
+        slow.addr,
+        fast.addr,
+        one_route("s")
+    ))
+    .await;
+    // Occupy the slow backend with two requests in flight, then check the rest go to fast.
+    let c = client();
+    let url = gh.url("/");
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        let (c, url) = (c.clone(), url.clone());
+        pending.push(tokio::spawn(async move {
+            c.get(url).send().await.unwrap().text().await
+        }));
+    }
+    assert!(eventually(Duration::from_secs(5), async || slow.hits() >= 1).await);
+    let counts = count_origins(&gh, 20).await;
+    assert!(counts.get("fast").copied().unwrap_or(0) >= 19, "{counts:?}");
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn refused_connection_is_retried_on_another_backend() {
+    let live = Origin::start("live").await;
+    let dead = free_port();
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"127.0.0.1:{dead}\", \"{}\"], retries: 1 }}\n{}",
+        live.addr,
+        one_route("s")
+    ))
+    .await;
+    let counts = count_origins(&gh, 10).await;
+    assert_eq!(counts["live"], 10);
+}
+
+#[tokio::test]
+async fn refused_everywhere_is_502_and_no_retries_means_one_try() {
+    let (d1, d2) = (free_port(), free_port());
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"127.0.0.1:{d1}\", \"127.0.0.1:{d2}\"], retries: 0 }}\n{}",
+        one_route("s")
+    ))
+    .await;
+    let (status, body) = get_host(&client(), &gh.url("/"), "x").await;
+    assert_eq!((status, body.as_str()), (502, "502 Bad Gateway\n"));
+}
+
+#[tokio::test]
+async fn http_health_check_removes_and_restores_a_backend() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let gh = Gatehouse::start(&format!(
+        r#"services:
+  s:
+    targets: ["{}", "{}"]
+    health_check: {{ http: {{ path: /healthz, expect: "200-299" }}, interval: 100ms, timeout: 500ms, rise: 2, fall: 2 }}
+{}"#,
+        a.addr,
+        b.addr,
+        one_route("s")
+    ))
+    .await;
+    let c = client();
+    b.behaviour.healthy.store(false, Ordering::SeqCst);
+    // Once b is out, a run of requests all land on a.
+    let only_a = eventually(Duration::from_secs(10), async || {
+        for _ in 0..10 {
+            if origin_of(&get_host(&c, &gh.url("/"), "x").await.1) != "a" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(only_a, "b was never taken out:\n{}", gh.log());
+    assert!(gh.log().contains("is unhealthy"), "{}", gh.log());
+    b.behaviour.healthy.store(true, Ordering::SeqCst);
+    let b_back = eventually(Duration::from_secs(10), async || {
+        origin_of(&get_host(&c, &gh.url("/"), "x").await.1) == "b"
+    })
+    .await;
+    assert!(b_back, "b never came back:\n{}", gh.log());
+}
+
+#[tokio::test]
+async fn no_healthy_backend_is_503_and_recovery_follows_the_backend() {
+    let a = Origin::start("a").await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{}\"], health_check: {{ tcp: {{}}, interval: 100ms, timeout: 200ms, rise: 1, fall: 1 }} }}\n{}",
+        a.addr,
+        one_route("s")
+    ))
+    .await;
+    let c = client();
+    assert_eq!(get_host(&c, &gh.url("/"), "x").await.0, 200);
+    let addr = a.stop().await;
+    let down = eventually(Duration::from_secs(10), async || {
+        get_host(&c, &gh.url("/"), "x").await == (503, "503 Service Unavailable\n".to_string())
+    })
+    .await;
+    assert!(down, "never 503:\n{}", gh.log());
+    let _a = Origin::start_on("a", addr).await;
+    let up = eventually(Duration::from_secs(10), async || {
+        get_host(&c, &gh.url("/"), "x").await.0 == 200
+    })
+    .await;
+    assert!(up, "never recovered:\n{}", gh.log());
+}
+
+#[tokio::test]
+async fn read_timeout_is_504() {
+    let slow = Origin::start("slow").await;
+    slow.behaviour.delay_ms.store(3000, Ordering::SeqCst);
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{}\"], timeouts: {{ read: 300ms }} }}\n{}",
+        slow.addr,
+        one_route("s")
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let (status, _) = get_host(&client(), &gh.url("/"), "x").await;
+    assert_eq!(status, 504);
+    // The timeout, not the backend, ended the request.
+    assert!(started.elapsed() < Duration::from_millis(2500));
+}
+
+#[tokio::test]
+async fn upstream_status_and_keepalive_are_passed_through() {
+    let a = Origin::start("a").await;
+    a.behaviour.status.store(418, Ordering::SeqCst);
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{}\"] }}\n{}",
+        a.addr,
+        one_route("s")
+    ))
+    .await;
+    let c = client();
+    for _ in 0..5 {
+        let r = c.get(gh.url("/")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 418);
+        assert_eq!(r.headers()["x-origin"], "a");
+    }
+    assert_eq!(a.hits(), 5);
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_and_host_is_kept() {
+    let a = Origin::start("a").await;
+    let gh = Gatehouse::start(&format!(
+        r#"services:
+  s: {{ targets: ["{a}"] }}
+  renamed: {{ targets: ["{a}"], host_header: internal.svc }}
+ingresses:
+  - rules:
+      - paths: [{{ path: /, service: s }}, {{ path: /renamed, service: renamed }}]
+"#,
+        a = a.addr
+    ))
+    .await;
+    let c = client();
+    let body = c
+        .get(gh.url("/"))
+        .header("host", "Shop.Example.com")
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let h = &echo(&body)["headers"];
+    assert_eq!(h["host"][0], "Shop.Example.com");
+    assert_eq!(h["x-forwarded-for"][0], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-real-ip"][0], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "http");
+    assert_eq!(h["x-forwarded-host"][0], "Shop.Example.com");
+
+    let body = get_host(&c, &gh.url("/renamed"), "shop.example.com")
+        .await
+        .1;
+    let h = &echo(&body)["headers"];
+    assert_eq!(h["host"][0], "internal.svc");
+    assert_eq!(h["x-forwarded-host"][0], "shop.example.com");
+    assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn hostname_targets_are_resolved_at_load() {
+    let a = Origin::start("a").await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"localhost:{}\"] }}\n{}",
+        a.addr.port(),
+        one_route("s")
+    ))
+    .await;
+    // localhost may resolve to ::1 as well, where nothing listens: the retry covers it.
+    let counts = count_origins(&gh, 4).await;
+    assert_eq!(counts["a"], 4);
+}
