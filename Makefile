@@ -47,4 +47,3 @@ test: deps-test
 	else \
 	  $(CARGO) test --no-fail-fast; \
 	fi
-	$(CARGO) test --doc

@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod config;
+pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;
@@ -71,10 +72,14 @@ pub fn build_server(rt: Runtime, opts: &RunOptions) -> Server {
     server
 }
 
-/// Background work that follows the current runtime: health checks of its pools.
+/// Background work that follows the current runtime: health checks of its pools and the
+/// eviction of idle rate-limit keys.
 struct Supervisor {
     state: Arc<ArcSwap<Runtime>>,
 }
+
+/// How often idle rate-limit keys are dropped.
+const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[async_trait]
 impl BackgroundService for Supervisor {
@@ -82,6 +87,18 @@ impl BackgroundService for Supervisor {
         for pool in &self.state.load().pools {
             upstream::spawn_health_checks(pool);
         }
-        let _ = shutdown.changed().await;
+        let mut tick = tokio::time::interval(EVICT_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => {
+                    for route in &self.state.load().routes {
+                        if let Some(limiter) = &route.policy.rate_limit {
+                            limiter.evict_idle();
+                        }
+                    }
+                }
+            }
+        }
     }
 }

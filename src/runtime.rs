@@ -1,8 +1,9 @@
 //! `Runtime`: the compiled, immutable snapshot of the configuration that requests read.
 //!
 //! It is held in an `ArcSwap`; a reload compiles a new one and swaps it in atomically, and a
-//! request keeps the snapshot it started with. Imports: routing, upstream.
+//! request keeps the snapshot it started with. Imports: routing, policy, upstream.
 
+use crate::policy::{Policy, Redirect, TrustedProxies};
 use crate::routing::{HostPattern, RouteId, Router};
 use crate::upstream::{Pool, PoolId};
 use bytes::Bytes;
@@ -37,6 +38,7 @@ pub struct DirectResponse {
 pub enum RouteAction {
     Proxy(PoolId),
     Respond(DirectResponse),
+    Redirect(Redirect),
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +49,7 @@ pub struct Route {
     /// The path pattern as shown to operators (`= /x`, `/x`, `~ ^/x`).
     pub path: String,
     pub action: RouteAction,
+    pub policy: Policy,
 }
 
 #[derive(Debug)]
@@ -56,6 +59,9 @@ pub struct Runtime {
     pub loaded_at: SystemTime,
     pub files: Vec<PathBuf>,
     pub listen_http: Vec<SocketAddr>,
+    /// Redirect every request on the HTTP listeners to https (ACME challenges excepted).
+    pub https_redirect: Option<Redirect>,
+    pub trusted_proxies: TrustedProxies,
     pub server: ServerSettings,
     pub router: Router,
     pub routes: Vec<Route>,
@@ -91,6 +97,7 @@ impl Runtime {
             let target = match &r.action {
                 RouteAction::Proxy(p) => format!("-> pool {}", self.pool(*p).config.name),
                 RouteAction::Respond(d) => format!("-> respond {}", d.status.as_u16()),
+                RouteAction::Redirect(r) => format!("-> redirect {}", r.code.as_u16()),
             };
             let _ = writeln!(s, "  {} {} {}  [{}]", r.host, r.path, target, r.name);
         }

@@ -65,7 +65,7 @@ ingresses:
         "gatehouse.yaml: ingresses[0].rules[0].paths[0].service: no service named \"apii\"; did you mean \"api\"?",
         "gatehouse.yaml: ingresses[0].rules[0].paths[1].path: invalid regex",
         "gatehouse.yaml: ingresses[0].rules[0].paths[2].path: path \"nope\" must start with \"/\"",
-        "gatehouse.yaml: ingresses[0].rules[0].paths[3]: a path needs exactly one of `service` or `respond`",
+        "gatehouse.yaml: ingresses[0].rules[0].paths[3]: a path needs exactly one of `service`, `respond` or `redirect`",
         "gatehouse.yaml: ingresses[0].rules[0].paths[4].respond.status: status must be between 200 and 599, got 99",
         "gatehouse.yaml: ingresses[0].rules[0].paths[4].respond.headers.bad header: \"bad header\" is not a valid header name",
         "gatehouse.yaml: ingresses[0].rules[1].host: \"a.*.com\": a wildcard must be the whole first label",

@@ -2,9 +2,12 @@
 //! EVERY error with its file and YAML path. After this, runtime code meets no strings where a
 //! type fits. Imports: schema, routing, upstream, runtime.
 
+use super::compile_policy::{cidrs, compile_policy, redirect};
 use super::load::{Loaded, Sourced};
 use super::schema::*;
 use super::{ConfigError, ConfigErrors};
+use crate::policy::Policy;
+use crate::policy::TrustedProxies;
 use crate::routing::{HostPattern, PathPattern, RouteId, Router};
 use crate::runtime::{DirectResponse, Route, RouteAction, Runtime, ServerSettings};
 use crate::upstream::{
@@ -19,13 +22,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Collects errors for one file.
-struct Errs<'a> {
-    file: &'a Path,
-    out: &'a mut Vec<ConfigError>,
+pub(super) struct Errs<'a> {
+    pub file: &'a Path,
+    pub out: &'a mut Vec<ConfigError>,
 }
 
 impl Errs<'_> {
-    fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+    pub fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.out.push(ConfigError::at(self.file, path, msg));
     }
 
@@ -74,6 +77,11 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
     };
     let server = compile_server(&main.server, &mut e);
     let listen_http = compile_listen(&main.listen, &mut e);
+    let trusted = cidrs(
+        &main.client_ip.trusted_proxies,
+        "client_ip.trusted_proxies",
+        &mut e,
+    );
 
     let mut pool_ids = HashMap::new();
     let mut pool_configs = Vec::new();
@@ -88,7 +96,12 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         }
     }
     let known: Vec<&str> = loaded.services.keys().map(String::as_str).collect();
-    let (router, routes) = compile_ingresses(&loaded.ingresses, &pool_ids, &known, &mut errors);
+    let ctx = RouteCtx {
+        pool_ids: &pool_ids,
+        known_services: &known,
+        previous,
+    };
+    let (router, routes) = compile_ingresses(&loaded.ingresses, &ctx, &mut errors);
 
     let mut pools = Vec::with_capacity(pool_configs.len());
     for cfg in pool_configs {
@@ -124,6 +137,12 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         loaded_at: SystemTime::now(),
         files: loaded.files.clone(),
         listen_http,
+        https_redirect: main
+            .listen
+            .https_redirect
+            .then(|| crate::policy::Redirect::https(None, 308).ok())
+            .flatten(),
+        trusted_proxies: TrustedProxies::new(trusted),
         server: server.unwrap_or_else(default_server),
         router,
         routes,
@@ -422,10 +441,16 @@ struct Origin {
     yaml_path: String,
 }
 
+/// What every route compilation needs to look things up.
+struct RouteCtx<'a> {
+    pool_ids: &'a HashMap<String, PoolId>,
+    known_services: &'a [&'a str],
+    previous: Option<&'a Runtime>,
+}
+
 fn compile_ingresses(
     ingresses: &[Sourced<IngressSpec>],
-    pool_ids: &HashMap<String, PoolId>,
-    known_services: &[&str],
+    ctx: &RouteCtx,
     errors: &mut Vec<ConfigError>,
 ) -> (Router, Vec<Route>) {
     let mut router = Router::new();
@@ -462,8 +487,9 @@ fn compile_ingresses(
             };
             for (pi, p) in rule.paths.iter().enumerate() {
                 let at = format!("{rule_at}.paths[{pi}]");
-                let Some((pattern, action)) =
-                    compile_path(p, &at, pool_ids, known_services, &mut e)
+                let route_name = format!("{name}/{host}{}", p.path);
+                let Some((pattern, action, policy)) =
+                    compile_path(p, &at, &route_name, ctx, &mut e)
                 else {
                     continue;
                 };
@@ -472,10 +498,11 @@ fn compile_ingresses(
                 match router.insert(host.clone(), pattern, id) {
                     Ok(()) => {
                         routes.push(Route {
-                            name: format!("{name}/{host}{}", p.path),
+                            name: route_name,
                             host: host.clone(),
                             path: shown,
                             action,
+                            policy,
                         });
                         origins.push(Origin {
                             file: ing.file.clone(),
@@ -508,22 +535,23 @@ fn default_ingress_name(ing: &Sourced<IngressSpec>) -> String {
 fn compile_path(
     p: &PathSpec,
     at: &str,
-    pool_ids: &HashMap<String, PoolId>,
-    known_services: &[&str],
+    route_name: &str,
+    ctx: &RouteCtx,
     e: &mut Errs,
-) -> Option<(PathPattern, RouteAction)> {
+) -> Option<(PathPattern, RouteAction, Policy)> {
+    let before = e.out.len();
     let pattern = match p.match_kind.unwrap_or(MatchSpec::Prefix) {
         MatchSpec::Exact => PathPattern::exact(&p.path),
         MatchSpec::Prefix => PathPattern::prefix(&p.path),
         MatchSpec::Regex => PathPattern::regex(&p.path),
     };
     let pattern = pattern.map_err(|m| e.push(format!("{at}.path"), m)).ok();
-    let action = match (&p.service, &p.respond) {
-        (Some(s), None) => match pool_ids.get(s) {
+    let action = match (&p.service, &p.respond, &p.redirect) {
+        (Some(s), None, None) => match ctx.pool_ids.get(s) {
             Some(id) => Some(RouteAction::Proxy(*id)),
-            None if known_services.contains(&s.as_str()) => None, // the service had its own errors
+            None if ctx.known_services.contains(&s.as_str()) => None, // the service had its own errors
             None => {
-                let hint = closest(s, known_services)
+                let hint = closest(s, ctx.known_services)
                     .map_or_else(String::new, |c| format!("; did you mean {c:?}?"));
                 e.push(
                     format!("{at}.service"),
@@ -532,15 +560,37 @@ fn compile_path(
                 None
             }
         },
-        (None, Some(r)) => {
+        (None, Some(r), None) => {
             compile_respond(r, &format!("{at}.respond"), e).map(RouteAction::Respond)
         }
+        (None, None, Some(r)) => {
+            redirect(r, &format!("{at}.redirect"), e).map(RouteAction::Redirect)
+        }
         _ => {
-            e.push(at, "a path needs exactly one of `service` or `respond`");
+            e.push(
+                at,
+                "a path needs exactly one of `service`, `respond` or `redirect`",
+            );
             None
         }
     };
-    Some((pattern?, action?))
+    let policy = compile_policy(p, at, route_name, ctx.previous, e);
+    let proxied = matches!(action, Some(RouteAction::Proxy(_)));
+    if e.out.len() == before && !proxied {
+        if p.rewrite.is_some() {
+            e.push(
+                format!("{at}.rewrite"),
+                "a rewrite only applies to a path with a `service`",
+            );
+        }
+        if p.request_headers.is_some() {
+            e.push(
+                format!("{at}.request_headers"),
+                "request header edits only apply to a path with a `service`",
+            );
+        }
+    }
+    (e.out.len() == before).then_some((pattern?, action?, policy))
 }
 
 fn compile_respond(spec: &RespondSpec, at: &str, e: &mut Errs) -> Option<DirectResponse> {

@@ -5,6 +5,7 @@
 //! Imports: routing, upstream (to build typed values), runtime.
 
 mod compile;
+mod compile_policy;
 mod load;
 pub mod schema;
 

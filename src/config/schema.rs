@@ -19,9 +19,19 @@ pub struct ConfigSpec {
     #[serde(default)]
     pub server: ServerSpec,
     #[serde(default)]
+    pub client_ip: ClientIpSpec,
+    #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
     #[serde(default)]
     pub ingresses: Vec<IngressSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpSpec {
+    /// CIDRs (or single addresses) whose X-Forwarded-For is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// An included file (`include:`): only services and ingresses, merged into the main table.
@@ -39,6 +49,10 @@ pub struct FragmentSpec {
 pub struct ListenSpec {
     #[serde(default)]
     pub http: Vec<String>,
+    /// Answer every request on the HTTP listeners with a redirect to https (except ACME
+    /// challenges).
+    #[serde(default)]
+    pub https_redirect: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +166,62 @@ pub struct PathSpec {
     pub match_kind: Option<MatchSpec>,
     pub service: Option<String>,
     pub respond: Option<RespondSpec>,
+    pub redirect: Option<RedirectSpec>,
+    pub access: Option<AccessSpec>,
+    pub rate_limit: Option<RateLimitSpec>,
+    pub request_headers: Option<HeaderEditsSpec>,
+    pub response_headers: Option<HeaderEditsSpec>,
+    pub rewrite: Option<RewriteSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSpec {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub requests_per_second: f64,
+    pub burst: Option<i64>,
+    /// `client_ip` (default), `header:<Name>` or `route`.
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEditsSpec {
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteSpec {
+    pub strip_prefix: Option<String>,
+    pub replace_path: Option<String>,
+    pub regex: Option<String>,
+    pub replacement: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// A URL template with {host}, {path}, {query}, {request_uri}.
+    pub to: Option<String>,
+    /// Redirect to the same host and path over https.
+    pub https: Option<bool>,
+    /// With `https`: the https port when it is not 443.
+    pub port: Option<u16>,
+    pub code: Option<i64>,
 }
 
 fn default_path() -> String {

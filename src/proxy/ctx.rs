@@ -1,7 +1,7 @@
 //! Per-request state shared by the proxy phases.
 
 use crate::routing::RouteId;
-use crate::runtime::Runtime;
+use crate::runtime::{Route, Runtime};
 use crate::upstream::{InflightGuard, Pool};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,7 +12,13 @@ pub struct Ctx {
     pub rt: Arc<Runtime>,
     pub route: Option<RouteId>,
     pub pool: Option<Arc<Pool>>,
+    /// The TCP peer.
+    pub peer_ip: Option<IpAddr>,
+    /// The client: the peer, or from X-Forwarded-For when the peer is a trusted proxy.
     pub client_ip: Option<IpAddr>,
+    pub request_id: String,
+    /// The normalised path, when it differs from the request's.
+    pub normalized_path: Option<String>,
     /// Backends already tried by this request, in order.
     pub tried: Vec<SocketAddr>,
     /// Counts this request against the backend it is talking to.
@@ -25,9 +31,16 @@ impl Ctx {
             rt,
             route: None,
             pool: None,
+            peer_ip: None,
             client_ip: None,
+            request_id: String::new(),
+            normalized_path: None,
             tried: Vec::new(),
             inflight: None,
         }
+    }
+
+    pub fn route(&self) -> Option<&Route> {
+        self.route.map(|id| self.rt.route(id))
     }
 }

@@ -1,14 +1,14 @@
-//! The only `impl ProxyHttp`. Each phase is a few lines calling routing, upstream and respond.
-//!
-//! Imports: routing, upstream, runtime (and pingora). Nothing here knows YAML.
+//! The only `impl ProxyHttp`. Each phase is a few lines calling routing, policy, upstream and
+//! respond. Imports: routing, policy, upstream, runtime (and pingora). Nothing here knows YAML.
 
 mod ctx;
+mod filter;
 mod respond;
 
 pub use ctx::Ctx;
 
-use crate::routing::normalize_host;
-use crate::runtime::{RouteAction, Runtime};
+use crate::policy::rewrite::with_query;
+use crate::runtime::Runtime;
 use crate::upstream::{Balance, HashKey};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -42,55 +42,7 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_canonical());
-        let req = session.req_header();
-        let path = req.uri.path();
-        if !path.starts_with('/') {
-            respond::error(session, 400).await?;
-            return Ok(true);
-        }
-        let raw_host = match req.uri.authority() {
-            Some(a) => Some(a.as_str().as_bytes()),
-            None => {
-                let mut hosts = req.headers.get_all(header::HOST).iter();
-                match (hosts.next(), hosts.next()) {
-                    (Some(h), None) => Some(h.as_bytes()),
-                    (None, _) => None,
-                    // Two Host headers: ambiguous, never guess.
-                    (Some(_), Some(_)) => {
-                        respond::error(session, 400).await?;
-                        return Ok(true);
-                    }
-                }
-            }
-        };
-        let host = raw_host.map(normalize_host);
-        let usable = match &host {
-            Some(Ok(h)) => Some(h.as_ref()),
-            _ => None,
-        };
-        let route = ctx.rt.router.route(usable, path);
-        let Some(route) = route else {
-            // Without a usable host only a catch-all could have matched: the host is the fault.
-            let status = if usable.is_none() { 400 } else { 404 };
-            respond::error(session, status).await?;
-            return Ok(true);
-        };
-        ctx.route = Some(route);
-        let rt = ctx.rt.clone();
-        match &rt.route(route).action {
-            RouteAction::Respond(d) => {
-                respond::direct(session, d).await?;
-                Ok(true)
-            }
-            RouteAction::Proxy(pool) => {
-                ctx.pool = Some(rt.pool(*pool).clone());
-                Ok(false)
-            }
-        }
+        filter::run(session, ctx).await
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -156,41 +108,36 @@ impl ProxyHttp for Gatehouse {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = ctx.client_ip {
-            let ip = ip.to_string();
-            let xff = match upstream.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-                Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-                _ => ip.clone(),
-            };
-            upstream.insert_header("X-Forwarded-For", xff)?;
-            upstream.insert_header("X-Real-IP", ip)?;
-        }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
-        let host = session
-            .req_header()
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                session
-                    .get_header(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
+        if let Some(route) = ctx.route() {
+            let rewritten = route.policy.rewrite.as_ref().map(|rw| {
+                let path = ctx
+                    .normalized_path
+                    .as_deref()
+                    .unwrap_or(upstream.uri.path());
+                rw.apply(path)
             });
-        if let Some(host) = host {
-            upstream.insert_header("X-Forwarded-Host", &host)?;
-            if upstream.headers.get(header::HOST).is_none() {
-                upstream.insert_header(header::HOST, host)?;
+            if let Some(path) = rewritten.or_else(|| ctx.normalized_path.clone()) {
+                let uri = with_query(&path, upstream.uri.query());
+                let uri = http::Uri::try_from(uri)
+                    .map_err(|_| status_error(400, "bad rewritten path"))?;
+                upstream.set_uri(uri);
             }
+            route.policy.request_headers.apply(upstream);
         }
-        if let Some(h) = ctx.pool.as_ref().and_then(|p| p.config.host_header.clone()) {
-            upstream.insert_header(header::HOST, h)?;
-        }
+        forwarded_headers(session, upstream, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        respond::decorate(resp, ctx);
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match (e.etype(), e.esource()) {
             (ErrorType::HTTPStatus(code), _) => *code,
             (
@@ -209,7 +156,7 @@ impl ProxyHttp for Gatehouse {
             // The connection is not reused after a failure: say so, so that no client races
             // the close by sending its next request on it.
             session.set_keepalive(None);
-            if let Err(err) = respond::error(session, code).await {
+            if let Err(err) = respond::error(session, ctx, code).await {
                 log::debug!("could not send the {code} error response: {err}");
             }
         }
@@ -223,20 +170,57 @@ impl ProxyHttp for Gatehouse {
         ctx.inflight = None;
         if log::log_enabled!(log::Level::Debug) {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            let route = ctx
-                .route
-                .map(|r| ctx.rt.route(r).name.as_str())
-                .unwrap_or("-");
             log::debug!(
-                "{} {} {} -> {} route={} tried={:?} error={:?}",
+                "{} {} {} -> {} route={} id={} tried={:?} error={:?}",
                 ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
                 session.req_header().method,
                 session.req_header().uri,
                 status,
-                route,
+                ctx.route().map_or("-", |r| r.name.as_str()),
+                ctx.request_id,
                 ctx.tried,
                 e.map(|e| e.etype().as_str())
             );
         }
     }
+}
+
+/// X-Forwarded-For (the peer appended), X-Real-IP (the client), X-Forwarded-Proto,
+/// X-Forwarded-Host, X-Request-Id; Host kept unless the pool overrides it.
+fn forwarded_headers(session: &Session, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    if let Some(peer) = ctx.peer_ip {
+        let peer = peer.to_string();
+        let xff = match upstream.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+            Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
+            _ => peer,
+        };
+        upstream.insert_header("X-Forwarded-For", xff)?;
+    }
+    if let Some(ip) = ctx.client_ip {
+        upstream.insert_header("X-Real-IP", ip.to_string())?;
+    }
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    upstream.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
+    upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    let req = session.req_header();
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    if let Some(host) = host {
+        upstream.insert_header("X-Forwarded-Host", &host)?;
+        if upstream.headers.get(header::HOST).is_none() {
+            upstream.insert_header(header::HOST, host)?;
+        }
+    }
+    if let Some(h) = ctx.pool.as_ref().and_then(|p| p.config.host_header.clone()) {
+        upstream.insert_header(header::HOST, h)?;
+    }
+    Ok(())
 }

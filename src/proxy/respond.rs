@@ -1,8 +1,9 @@
-//! The one place that writes responses gatehouse makes itself: direct responses and errors.
+//! The one place that writes responses gatehouse makes itself: direct responses, redirects
+//! and errors. Every one carries the request id and the route's response header edits.
 
-use crate::runtime::DirectResponse;
+use super::Ctx;
 use bytes::Bytes;
-use http::{header, Method};
+use http::{header, HeaderName, HeaderValue, Method};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
@@ -10,15 +11,17 @@ use pingora::proxy::Session;
 /// always the body's length.
 pub async fn send(
     session: &mut Session,
+    ctx: &Ctx,
     status: u16,
-    headers: &[(http::HeaderName, http::HeaderValue)],
+    headers: &[(HeaderName, HeaderValue)],
     body: Bytes,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 3))?;
     for (name, value) in headers {
         resp.append_header(name.clone(), value.clone())?;
     }
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    decorate(&mut resp, ctx);
     let head = session.req_header().method == Method::HEAD;
     let empty = body.is_empty() || head;
     session.write_response_header(Box::new(resp), empty).await?;
@@ -28,20 +31,52 @@ pub async fn send(
     Ok(())
 }
 
-pub async fn direct(session: &mut Session, d: &DirectResponse) -> Result<()> {
-    send(session, d.status.as_u16(), &d.headers, d.body.clone()).await
+/// What every response to the client gets: the request id and the route's response edits.
+pub fn decorate(resp: &mut ResponseHeader, ctx: &Ctx) {
+    if !ctx.request_id.is_empty() {
+        let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
+    }
+    if let Some(route) = ctx.route() {
+        route.policy.response_headers.apply(resp);
+    }
 }
 
-/// A short plain-text error page, e.g. `404 Not Found`.
-pub async fn error(session: &mut Session, status: u16) -> Result<()> {
+fn text_plain() -> (HeaderName, HeaderValue) {
+    (
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    )
+}
+
+/// A short plain-text error page, e.g. `404 Not Found`, with extra headers.
+pub async fn error_with(
+    session: &mut Session,
+    ctx: &Ctx,
+    status: u16,
+    mut headers: Vec<(HeaderName, HeaderValue)>,
+) -> Result<()> {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error");
     let body = Bytes::from(format!("{status} {reason}\n"));
-    let ct = (
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    send(session, status, &[ct], body).await
+    headers.push(text_plain());
+    send(session, ctx, status, &headers, body).await
+}
+
+pub async fn error(session: &mut Session, ctx: &Ctx, status: u16) -> Result<()> {
+    error_with(session, ctx, status, Vec::new()).await
+}
+
+/// A redirect with a Location and a one-line body.
+pub async fn redirect(session: &mut Session, ctx: &Ctx, code: u16, location: String) -> Result<()> {
+    let body = Bytes::from(format!("Redirecting to {location}\n"));
+    let loc = HeaderValue::try_from(location).map_err(|_| {
+        Error::explain(
+            ErrorType::InternalError,
+            "redirect location is not a valid header",
+        )
+    })?;
+    let headers = [(header::LOCATION, loc), text_plain()];
+    send(session, ctx, code, &headers, body).await
 }

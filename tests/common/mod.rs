@@ -176,11 +176,20 @@ pub struct Output {
 /// Write a main config (and extra files) into a fresh directory. `body` holds everything but
 /// `listen` and `server`, which the harness adds with an ephemeral port and private paths.
 pub fn write_config(body: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, u16, PathBuf) {
+    write_config_listen("", body, files)
+}
+
+/// Like [`write_config`], with more keys for the `listen` section (e.g. `https_redirect`).
+pub fn write_config_listen(
+    listen_extra: &str,
+    body: &str,
+    files: &[(&str, &str)],
+) -> (tempfile::TempDir, u16, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let d = dir.path().display();
     let main = format!(
-        "listen:\n  http: [\"127.0.0.1:{port}\"]\nserver:\n  threads: 2\n  grace_period: 1s\n  \
+        "listen:\n  http: [\"127.0.0.1:{port}\"]\n{listen_extra}server:\n  threads: 2\n  grace_period: 1s\n  \
          shutdown_timeout: 1s\n  pid_file: {d}/gatehouse.pid\n  upgrade_sock: {d}/upgrade.sock\n{body}"
     );
     let config = dir.path().join("gatehouse.yaml");
@@ -220,7 +229,11 @@ impl Gatehouse {
     }
 
     pub async fn start_with(body: &str, files: &[(&str, &str)]) -> Gatehouse {
-        let (dir, port, config) = write_config(body, files);
+        Self::launch(write_config(body, files)).await
+    }
+
+    /// Start on a configuration made by [`write_config`] or [`write_config_listen`].
+    pub async fn launch((dir, port, config): (tempfile::TempDir, u16, PathBuf)) -> Gatehouse {
         let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(BIN)
             .args(["run", "-c", config.to_str().unwrap()])

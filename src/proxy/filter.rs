@@ -1,0 +1,161 @@
+//! The steps of `request_filter`, in order: client IP and request id, path normalisation,
+//! the listener's https redirect, routing, access control, rate limit, then the route's own
+//! answer (redirect or direct response) or on to the upstream.
+
+use super::{respond, Ctx};
+use crate::policy::{normalize::normalize, request_id, RateKey};
+use crate::routing::normalize_host;
+use crate::runtime::RouteAction;
+use http::{header, HeaderName, HeaderValue};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::borrow::Cow;
+
+/// Prefix answered for ACME before anything else; never redirected.
+pub const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// Run the whole filter. `Ok(true)` means a response was sent.
+pub async fn run(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    identify(session, ctx);
+    let req = session.req_header();
+    let path = match normalize(req.uri.path()) {
+        Ok(Cow::Borrowed(_)) => req.uri.path().to_string(),
+        Ok(Cow::Owned(p)) => {
+            ctx.normalized_path = Some(p.clone());
+            p
+        }
+        Err(e) => {
+            log::debug!("refused path {:?}: {e:?}", req.uri.path());
+            respond::error(session, ctx, 400).await?;
+            return Ok(true);
+        }
+    };
+    let Ok(raw_host) = request_host(session) else {
+        respond::error(session, ctx, 400).await?;
+        return Ok(true);
+    };
+    let host = raw_host
+        .and_then(|h| normalize_host(h).ok())
+        .map(Cow::into_owned);
+    if let Some(r) = ctx
+        .rt
+        .https_redirect
+        .as_ref()
+        .filter(|_| !path.starts_with(ACME_CHALLENGE))
+    {
+        let Some(host) = host else {
+            respond::error(session, ctx, 400).await?;
+            return Ok(true);
+        };
+        let location = r.location(&host, &path, session.req_header().uri.query());
+        let code = r.code.as_u16();
+        respond::redirect(session, ctx, code, location).await?;
+        return Ok(true);
+    }
+    let Some(route) = ctx.rt.router.route(host.as_deref(), &path) else {
+        // Without a usable host only a catch-all could have matched: the host is the fault.
+        let status = if host.is_none() { 400 } else { 404 };
+        respond::error(session, ctx, status).await?;
+        return Ok(true);
+    };
+    ctx.route = Some(route);
+    if enforce(session, ctx).await? {
+        return Ok(true);
+    }
+    let rt = ctx.rt.clone();
+    match &rt.route(route).action {
+        RouteAction::Proxy(pool) => {
+            ctx.pool = Some(rt.pool(*pool).clone());
+            Ok(false)
+        }
+        RouteAction::Respond(d) => {
+            respond::send(session, ctx, d.status.as_u16(), &d.headers, d.body.clone()).await?;
+            Ok(true)
+        }
+        RouteAction::Redirect(r) => {
+            let query = session.req_header().uri.query();
+            let location = r.location(host.as_deref().unwrap_or(""), &path, query);
+            respond::redirect(session, ctx, r.code.as_u16(), location).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// The client IP (trusted proxies only) and the request id.
+fn identify(session: &Session, ctx: &mut Ctx) {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_canonical());
+    ctx.peer_ip = peer;
+    let req = session.req_header();
+    ctx.client_ip = peer.map(|p| {
+        let xff = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(HeaderValue::as_bytes);
+        ctx.rt.trusted_proxies.client_ip(p, xff)
+    });
+    ctx.request_id = match req.headers.get("x-request-id") {
+        Some(v) if request_id::is_valid(v.as_bytes()) => {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+        _ => request_id::generate(),
+    };
+}
+
+/// The raw host: the absolute URI's authority, else the Host header. `Err` when there are
+/// two Host headers (ambiguous: never guess).
+fn request_host(session: &Session) -> std::result::Result<Option<&[u8]>, ()> {
+    let req = session.req_header();
+    if let Some(a) = req.uri.authority() {
+        return Ok(Some(a.as_str().as_bytes()));
+    }
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Ok(Some(h.as_bytes())),
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => Err(()),
+    }
+}
+
+/// Access control (403) and rate limit (429). `Ok(true)` when the request was refused.
+async fn enforce(session: &mut Session, ctx: &Ctx) -> Result<bool> {
+    let Some(route) = ctx.route() else {
+        return Ok(false);
+    };
+    let policy = &route.policy;
+    if let (Some(acl), Some(ip)) = (&policy.access, ctx.client_ip) {
+        if !acl.permits(ip) {
+            log::debug!("{ip} denied by the access list of {}", route.name);
+            respond::error(session, ctx, 403).await?;
+            return Ok(true);
+        }
+    }
+    let Some(limiter) = &policy.rate_limit else {
+        return Ok(false);
+    };
+    let verdict = match &limiter.config.key {
+        RateKey::ClientIp => match ctx.client_ip {
+            Some(ip) => limiter.check_ip(ip),
+            None => limiter.check_bytes(b""),
+        },
+        RateKey::Header(h) => limiter.check_bytes(session.get_header_bytes(h)),
+        RateKey::Route => limiter.check_bytes(b""),
+    };
+    let Err(wait) = verdict else { return Ok(false) };
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let num = |n: u64| HeaderValue::from(n);
+    let headers = vec![
+        (header::RETRY_AFTER, num(secs.max(1))),
+        (
+            HeaderName::from_static("ratelimit-limit"),
+            num(u64::from(limiter.config.capacity())),
+        ),
+        (HeaderName::from_static("ratelimit-remaining"), num(0)),
+        (HeaderName::from_static("ratelimit-reset"), num(secs.max(1))),
+    ];
+    respond::error_with(session, ctx, 429, headers).await?;
+    Ok(true)
+}
