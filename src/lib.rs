@@ -6,19 +6,25 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access_log;
+pub mod admin;
 pub mod config;
+pub mod control;
+pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;
 pub mod upstream;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use control::Control;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use runtime::Runtime;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How the process was asked to start.
@@ -34,9 +40,9 @@ fn whole_seconds(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Build the Pingora server for a compiled runtime: the HTTP proxy on every listener and the
-/// background supervisor. Nothing is bound until the server runs.
-pub fn build_server(rt: Runtime, opts: &RunOptions) -> Server {
+/// Build the Pingora server for a compiled runtime: the HTTP proxy on every listener, the
+/// admin listener and the background supervisor. Nothing is bound until the server runs.
+pub fn build_server(rt: Runtime, config_path: PathBuf, opts: &RunOptions) -> Server {
     let s = &rt.server;
     let conf = ServerConf {
         threads: s.threads,
@@ -46,6 +52,7 @@ pub fn build_server(rt: Runtime, opts: &RunOptions) -> Server {
         grace_period_seconds: Some(whole_seconds(s.grace_period)),
         graceful_shutdown_timeout_seconds: Some(whole_seconds(s.shutdown_timeout)),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        error_log: s.error_log.as_ref().map(|p| p.display().to_string()),
         daemon: opts.daemon,
         ..ServerConf::default()
     };
@@ -58,24 +65,39 @@ pub fn build_server(rt: Runtime, opts: &RunOptions) -> Server {
     server.bootstrap();
 
     let listen_http = rt.listen_http.clone();
-    let state = Arc::new(ArcSwap::from_pointee(rt));
+    let admin_addr = rt.admin;
+    let control = Control::new(rt, config_path);
     let mut http = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        proxy::Gatehouse::new(state.clone()),
+        proxy::Gatehouse::new(control.state.clone()),
         "gatehouse http",
     );
     for addr in &listen_http {
         http.add_tcp(&addr.to_string());
     }
     server.add_service(http);
-    server.add_service(background_service("supervisor", Supervisor { state }));
+    if let Some(addr) = admin_addr {
+        let mut admin = pingora::services::listening::Service::new(
+            "gatehouse admin".to_string(),
+            admin::Admin::new(control.clone()),
+        );
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
+    let phases = std::sync::Mutex::new(Some(server.watch_execution_phase()));
+    server.add_service(background_service(
+        "supervisor",
+        Supervisor { control, phases },
+    ));
     server
 }
 
-/// Background work that follows the current runtime: health checks of its pools and the
-/// eviction of idle rate-limit keys.
+/// Background work that follows the current runtime: health checks of its pools, reloads on
+/// SIGHUP, and the eviction of idle rate-limit keys.
 struct Supervisor {
-    state: Arc<ArcSwap<Runtime>>,
+    control: Arc<Control>,
+    phases:
+        std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>>,
 }
 
 /// How often idle rate-limit keys are dropped.
@@ -84,15 +106,28 @@ const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        for pool in &self.state.load().pools {
-            upstream::spawn_health_checks(pool);
+        self.control.start_background();
+        let phases = self.phases.lock().ok().and_then(|mut p| p.take());
+        if let Some(phases) = phases {
+            tokio::spawn(control::watch_phases(phases));
         }
         let mut tick = tokio::time::interval(EVICT_EVERY);
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload only through the admin API: {e}");
+                None
+            }
+        };
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                    log::info!("SIGHUP: reloading {}", self.control.config_path.display());
+                    let _ = self.control.reload().await;
+                }
                 _ = tick.tick() => {
-                    for route in &self.state.load().routes {
+                    for route in &self.control.state.load().routes {
                         if let Some(limiter) = &route.policy.rate_limit {
                             limiter.evict_idle();
                         }

@@ -24,12 +24,23 @@ enum Command {
         /// Take the listening sockets over from the running gatehouse (zero-downtime upgrade).
         #[arg(short, long)]
         upgrade: bool,
-        /// Run in the background.
+        /// Run in the background (the pid file is written by the daemon).
         #[arg(short, long)]
         daemon: bool,
     },
     /// Validate the configuration, print a summary, and exit 1 listing every error.
     Check {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Have the running gatehouse reload its configuration; exit 1 (printing the errors) if
+    /// the new configuration is rejected.
+    Reload {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Replace the running gatehouse with this binary without dropping a connection.
+    Upgrade {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
@@ -50,9 +61,27 @@ fn config_path(given: Option<PathBuf>) -> PathBuf {
     })
 }
 
+fn outcome(r: Result<String, String>) -> ExitCode {
+    match r {
+        Ok(msg) => {
+            print!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // RUST_LOG, when set, decides; otherwise the configuration's log_level does (at startup
+    // and on every reload).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace")).init();
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     match cli.command {
         Command::Version => {
             println!("gatehouse {}", env!("CARGO_PKG_VERSION"));
@@ -60,18 +89,16 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => {
             let path = config_path(config);
-            match gatehouse::config::load_runtime(&path, None) {
-                Ok(rt) => {
-                    print!("{}", rt.summary());
-                    println!("{}: configuration OK", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    eprintln!("{}: {} error(s)", path.display(), errors.0.len());
-                    ExitCode::FAILURE
-                }
-            }
+            outcome(
+                gatehouse::config::load_runtime(&path, None)
+                    .map(|rt| format!("{}{}: configuration OK\n", rt.summary(), path.display()))
+                    .map_err(|e| format!("{e}\n{}: {} error(s)", path.display(), e.0.len())),
+            )
+        }
+        Command::Reload { config } => outcome(gatehouse::ops::reload(&config_path(config))),
+        Command::Upgrade { config } => {
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gatehouse"));
+            outcome(gatehouse::ops::upgrade(&config_path(config), &exe))
         }
         Command::Run {
             config,
@@ -94,8 +121,16 @@ fn main() -> ExitCode {
             for w in &rt.warnings {
                 log::warn!("{}: {w}", path.display());
             }
+            if !daemon {
+                if let Err(e) = gatehouse::ops::write_pid_file(&rt.server.pid_file) {
+                    log::warn!(
+                        "cannot write pid file {}: {e}",
+                        rt.server.pid_file.display()
+                    );
+                }
+            }
             let opts = gatehouse::RunOptions { upgrade, daemon };
-            gatehouse::build_server(rt, &opts).run_forever()
+            gatehouse::build_server(rt, path, &opts).run_forever()
         }
     }
 }

@@ -3,6 +3,7 @@
 //! It is held in an `ArcSwap`; a reload compiles a new one and swaps it in atomically, and a
 //! request keeps the snapshot it started with. Imports: routing, policy, upstream.
 
+use crate::access_log::AccessLog;
 use crate::policy::{Policy, Redirect, TrustedProxies};
 use crate::routing::{HostPattern, RouteId, Router};
 use crate::upstream::{Pool, PoolId};
@@ -24,6 +25,7 @@ pub struct ServerSettings {
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
     pub upstream_keepalive_pool_size: usize,
+    pub error_log: Option<PathBuf>,
 }
 
 /// A fixed response served by gatehouse itself.
@@ -62,6 +64,9 @@ pub struct Runtime {
     /// Redirect every request on the HTTP listeners to https (ACME challenges excepted).
     pub https_redirect: Option<Redirect>,
     pub trusted_proxies: TrustedProxies,
+    pub admin: Option<SocketAddr>,
+    pub access_log: Option<Arc<AccessLog>>,
+    pub log_level: log::LevelFilter,
     pub server: ServerSettings,
     pub router: Router,
     pub routes: Vec<Route>,
@@ -79,6 +84,22 @@ impl Runtime {
         &self.pools[id.0 as usize]
     }
 
+    /// Why `next` cannot fully take over from `self` by a reload: listening sockets and
+    /// process settings change only with a restart or `gatehouse upgrade`.
+    pub fn needs_upgrade(&self, next: &Runtime) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.listen_http != next.listen_http {
+            why.push("listen.http changed".to_string());
+        }
+        if self.admin != next.admin {
+            why.push("admin changed".to_string());
+        }
+        if self.server != next.server {
+            why.push("server settings changed".to_string());
+        }
+        why
+    }
+
     /// A short human summary: listeners, routes and pools (what `gatehouse check` prints).
     pub fn summary(&self) -> String {
         use std::fmt::Write;
@@ -91,6 +112,24 @@ impl Runtime {
         );
         for l in &self.listen_http {
             let _ = writeln!(s, "listen http {l}");
+        }
+        match self.admin {
+            Some(a) => {
+                let _ = writeln!(
+                    s,
+                    "admin http://{a}/ (metrics, healthz, readyz, status, reload)"
+                );
+            }
+            None => {
+                let _ = writeln!(s, "admin off");
+            }
+        }
+        if let Some(l) = &self.access_log {
+            let _ = writeln!(
+                s,
+                "access log {:?} ({:?})",
+                l.config.target, l.config.format
+            );
         }
         let _ = writeln!(s, "{} routes:", self.routes.len());
         for r in &self.routes {

@@ -138,7 +138,7 @@ fn yaml_syntax_and_unknown_keys_give_file_line_column() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("gatehouse.yaml:11:9:"),
+        out.stderr.contains("gatehouse.yaml:12:9:"),
         "{}",
         out.stderr
     );
@@ -188,9 +188,10 @@ fn unset_environment_variables_are_errors_and_set_ones_are_used() {
 
 #[test]
 fn bad_listener_and_server_values_are_errors() {
-    let (dir, _, config) = write_config("", &[]);
+    let w = write_config("", &[]);
+    let config = &w.config;
     std::fs::write(
-        &config,
+        config,
         "listen: { http: [\"0.0.0.0\", \"127.0.0.1:80\", \"127.0.0.1:80\"] }\nserver: { threads: 0, grace_period: forever }\n",
     )
     .unwrap();
@@ -208,18 +209,17 @@ fn bad_listener_and_server_values_are_errors() {
             out.stderr
         );
     }
-    drop(dir);
 }
 
 #[test]
 fn run_with_a_bad_config_exits_nonzero_before_binding() {
-    let (dir, port, config) = write_config("services: { s: { targets: [] } }\n", &[]);
-    let out = gatehouse_cmd(&["run", "-c", config.to_str().unwrap()]);
+    let w = write_config("services: { s: { targets: [] } }\n", &[]);
+    let out = gatehouse_cmd(&["run", "-c", w.config.to_str().unwrap()]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("not starting"), "{}", out.stderr);
-    // Nothing was bound: the port is still free.
-    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
-    drop(dir);
+    // Nothing was bound: the ports are still free.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", w.port)).is_ok());
+    assert!(std::net::TcpListener::bind(("127.0.0.1", w.admin_port)).is_ok());
 }
 
 #[test]

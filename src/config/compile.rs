@@ -6,6 +6,7 @@ use super::compile_policy::{cidrs, compile_policy, redirect};
 use super::load::{Loaded, Sourced};
 use super::schema::*;
 use super::{ConfigError, ConfigErrors};
+use crate::access_log::{self, AccessLog, AccessLogConfig, Format};
 use crate::policy::Policy;
 use crate::policy::TrustedProxies;
 use crate::routing::{HostPattern, PathPattern, RouteId, Router};
@@ -82,6 +83,23 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         "client_ip.trusted_proxies",
         &mut e,
     );
+    let admin = compile_admin(main.admin.as_deref(), &mut e);
+    let access_log = compile_access_log(main.access_log.as_ref(), previous, &mut e);
+    let log_level = match main
+        .log_level
+        .as_deref()
+        .unwrap_or("info")
+        .parse::<log::LevelFilter>()
+    {
+        Ok(l) => l,
+        Err(_) => {
+            e.push(
+                "log_level",
+                "write one of off, error, warn, info, debug, trace",
+            );
+            log::LevelFilter::Info
+        }
+    };
 
     let mut pool_ids = HashMap::new();
     let mut pool_configs = Vec::new();
@@ -143,6 +161,9 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
             .then(|| crate::policy::Redirect::https(None, 308).ok())
             .flatten(),
         trusted_proxies: TrustedProxies::new(trusted),
+        admin,
+        access_log,
+        log_level,
         server: server.unwrap_or_else(default_server),
         router,
         routes,
@@ -160,6 +181,73 @@ fn default_server() -> ServerSettings {
         pid_file: PathBuf::from("/tmp/gatehouse.pid"),
         upgrade_sock: PathBuf::from("/tmp/gatehouse_upgrade.sock"),
         upstream_keepalive_pool_size: 128,
+        error_log: None,
+    }
+}
+
+fn compile_admin(raw: Option<&str>, e: &mut Errs) -> Option<SocketAddr> {
+    match raw.map(str::trim) {
+        Some("off") => None,
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        Some(a) => match a.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                e.push("admin", format!("{a:?} is not an IP:port address (or \"off\"); write e.g. \"127.0.0.1:9090\""));
+                None
+            }
+        },
+    }
+}
+
+/// The access log; an unchanged one is carried over a reload (and reopened, for logrotate).
+fn compile_access_log(
+    spec: Option<&AccessLogSpec>,
+    previous: Option<&Runtime>,
+    e: &mut Errs,
+) -> Option<Arc<AccessLog>> {
+    let spec = spec?;
+    let format = match spec.format.as_deref().unwrap_or("combined") {
+        "combined" => Format::Combined,
+        "json" => Format::Json,
+        other => {
+            e.push(
+                "access_log.format",
+                format!("{other:?}: write \"combined\" or \"json\""),
+            );
+            Format::Combined
+        }
+    };
+    let target = match spec.path.as_deref().unwrap_or("stdout") {
+        "off" => return None,
+        "stdout" => access_log::Target::Stdout,
+        p => {
+            let path = PathBuf::from(p);
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                e.push(
+                    "access_log.path",
+                    format!(
+                        "directory {} does not exist; create it or write \"stdout\"",
+                        dir.display()
+                    ),
+                );
+            }
+            access_log::Target::File(path)
+        }
+    };
+    let config = AccessLogConfig { target, format };
+    let reused = previous
+        .and_then(|p| p.access_log.clone())
+        .filter(|l| l.config == config);
+    match reused {
+        Some(l) => {
+            l.reopen();
+            Some(l)
+        }
+        None => Some(Arc::new(AccessLog::new(config))),
     }
 }
 
@@ -195,6 +283,7 @@ fn compile_server(spec: &ServerSpec, e: &mut Errs) -> Option<ServerSettings> {
             .as_ref()
             .map_or(d.upgrade_sock, PathBuf::from),
         upstream_keepalive_pool_size: pool_size,
+        error_log: spec.error_log.as_ref().map(PathBuf::from),
     })
 }
 

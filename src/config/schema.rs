@@ -20,10 +20,25 @@ pub struct ConfigSpec {
     pub server: ServerSpec,
     #[serde(default)]
     pub client_ip: ClientIpSpec,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`, `/status`, `POST /reload`):
+    /// `IP:port`, or `off`. Default `127.0.0.1:9090`.
+    pub admin: Option<String>,
+    pub access_log: Option<AccessLogSpec>,
+    /// Error log level: error, warn, info, debug, trace. `RUST_LOG` overrides it.
+    pub log_level: Option<String>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
     #[serde(default)]
     pub ingresses: Vec<IngressSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSpec {
+    /// `stdout`, `off`, or a file path.
+    pub path: Option<String>,
+    /// `combined` (default) or `json`.
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +80,8 @@ pub struct ServerSpec {
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub upstream_keepalive_pool_size: Option<i64>,
+    /// Where a daemonised gatehouse (`run --daemon`) writes its error log.
+    pub error_log: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

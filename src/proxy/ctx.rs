@@ -5,6 +5,23 @@ use crate::runtime::{Route, Runtime};
 use crate::upstream::{InflightGuard, Pool};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Counts a request in `gatehouse_requests_in_flight` for as long as it lives.
+pub struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        crate::metrics::get().requests_in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::metrics::get().requests_in_flight.dec();
+    }
+}
 
 /// What one request carries from phase to phase. It holds one `Runtime` snapshot, so the
 /// whole request sees one configuration even if a reload happens meanwhile.
@@ -23,6 +40,12 @@ pub struct Ctx {
     pub tried: Vec<SocketAddr>,
     /// Counts this request against the backend it is talking to.
     pub inflight: Option<InflightGuard>,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    /// When the current upstream attempt began, and when its response header arrived.
+    pub upstream_start: Option<Instant>,
+    pub upstream_time: Option<std::time::Duration>,
+    _in_flight: InFlight,
 }
 
 impl Ctx {
@@ -37,6 +60,11 @@ impl Ctx {
             normalized_path: None,
             tried: Vec::new(),
             inflight: None,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            upstream_start: None,
+            upstream_time: None,
+            _in_flight: InFlight::new(),
         }
     }
 

@@ -129,6 +129,10 @@ async fn enforce(session: &mut Session, ctx: &Ctx) -> Result<bool> {
     if let (Some(acl), Some(ip)) = (&policy.access, ctx.client_ip) {
         if !acl.permits(ip) {
             log::debug!("{ip} denied by the access list of {}", route.name);
+            crate::metrics::get()
+                .access_denied
+                .with_label_values(&[&route.name])
+                .inc();
             respond::error(session, ctx, 403).await?;
             return Ok(true);
         }
@@ -145,6 +149,10 @@ async fn enforce(session: &mut Session, ctx: &Ctx) -> Result<bool> {
         RateKey::Route => limiter.check_bytes(b""),
     };
     let Err(wait) = verdict else { return Ok(false) };
+    crate::metrics::get()
+        .rate_limited
+        .with_label_values(&[&route.name])
+        .inc();
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let num = |n: u64| HeaderValue::from(n);
     let headers = vec![

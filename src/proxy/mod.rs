@@ -7,6 +7,8 @@ mod respond;
 
 pub use ctx::Ctx;
 
+use crate::access_log::Entry;
+use crate::metrics;
 use crate::policy::rewrite::with_query;
 use crate::runtime::Runtime;
 use crate::upstream::{Balance, HashKey};
@@ -68,6 +70,7 @@ impl ProxyHttp for Gatehouse {
         };
         ctx.tried.push(addr);
         ctx.inflight = pool.track(addr);
+        ctx.upstream_start = Some(std::time::Instant::now());
         let t = &pool.config.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
@@ -98,8 +101,48 @@ impl ProxyHttp for Gatehouse {
                 ""
             }
         );
+        if retry {
+            let pool = ctx.pool.as_ref().map_or("", |p| p.config.name.as_str());
+            metrics::get().retries.with_label_values(&[pool]).inc();
+        }
         e.set_retry(retry);
         e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (false, Some(start), Some(pool)) = (reused, ctx.upstream_start, &ctx.pool) {
+            let m = metrics::get();
+            m.upstream_connect
+                .with_label_values(&[&pool.config.name])
+                .observe(start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(start), Some(pool)) = (ctx.upstream_start, &ctx.pool) {
+            let took = start.elapsed();
+            ctx.upstream_time = Some(took);
+            metrics::get()
+                .upstream_response
+                .with_label_values(&[&pool.config.name])
+                .observe(took.as_secs_f64());
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -129,11 +172,11 @@ impl ProxyHttp for Gatehouse {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        respond::decorate(resp, ctx);
+        respond::prepare(session, resp, ctx);
         Ok(())
     }
 
@@ -168,20 +211,84 @@ impl ProxyHttp for Gatehouse {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.inflight = None;
-        if log::log_enabled!(log::Level::Debug) {
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route().map_or("none", |r| r.name.as_str());
+        let req = session.req_header();
+        let m = metrics::get();
+        let elapsed = ctx.started.elapsed();
+        m.requests
+            .with_label_values(&[
+                route,
+                metrics::method_class(&req.method),
+                metrics::status_class(status),
+            ])
+            .inc();
+        m.request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        m.request_bytes
+            .with_label_values(&[route])
+            .inc_by(session.body_bytes_read() as u64);
+        m.response_bytes
+            .with_label_values(&[route])
+            .inc_by(session.body_bytes_sent() as u64);
+        if let Some(log) = &ctx.rt.access_log {
+            log.log(access_entry(session, ctx, status, elapsed));
+        }
+        if let Some(e) = e.filter(|_| log::log_enabled!(log::Level::Debug)) {
             log::debug!(
-                "{} {} {} -> {} route={} id={} tried={:?} error={:?}",
-                ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-                session.req_header().method,
-                session.req_header().uri,
-                status,
-                ctx.route().map_or("-", |r| r.name.as_str()),
+                "request {} on route {route} ended with {}",
                 ctx.request_id,
-                ctx.tried,
-                e.map(|e| e.etype().as_str())
+                e.etype().as_str()
             );
         }
+    }
+}
+
+fn header_str(req: &RequestHeader, name: header::HeaderName) -> String {
+    req.headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
+fn access_entry(session: &Session, ctx: &Ctx, status: u16, elapsed: std::time::Duration) -> Entry {
+    let req = session.req_header();
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| header_str(req, header::HOST));
+    let tls = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .map(|s| s.version.to_string());
+    Entry {
+        time: ctx.started_at,
+        client_ip: ctx.client_ip,
+        host,
+        method: req.method.to_string(),
+        uri: req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.to_string(), |p| p.to_string()),
+        protocol: match req.version {
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        },
+        status,
+        bytes_sent: session.body_bytes_sent(),
+        duration: elapsed,
+        upstream: ctx.tried.last().copied(),
+        upstream_time: ctx.upstream_time,
+        request_id: ctx.request_id.clone(),
+        route: ctx.route().map(|r| r.name.clone()).unwrap_or_default(),
+        tls,
+        referer: header_str(req, header::REFERER),
+        user_agent: header_str(req, header::USER_AGENT),
     }
 }
 

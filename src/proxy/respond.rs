@@ -21,7 +21,7 @@ pub async fn send(
         resp.append_header(name.clone(), value.clone())?;
     }
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    decorate(&mut resp, ctx);
+    prepare(session, &mut resp, ctx);
     let head = session.req_header().method == Method::HEAD;
     let empty = body.is_empty() || head;
     session.write_response_header(Box::new(resp), empty).await?;
@@ -32,7 +32,16 @@ pub async fn send(
 }
 
 /// What every response to the client gets: the request id and the route's response edits.
-pub fn decorate(resp: &mut ResponseHeader, ctx: &Ctx) {
+/// While the process drains (shutdown or upgrade), the response also closes the connection,
+/// so that the client's next request opens a new one to whichever process still accepts.
+pub fn prepare(session: &mut Session, resp: &mut ResponseHeader, ctx: &Ctx) {
+    if session.is_process_shutting_down() || crate::control::draining() {
+        session.set_keepalive(None);
+    }
+    decorate(resp, ctx);
+}
+
+fn decorate(resp: &mut ResponseHeader, ctx: &Ctx) {
     if !ctx.request_id.is_empty() {
         let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
     }

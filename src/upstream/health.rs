@@ -34,10 +34,44 @@ impl HealthObserve for LogHealthChange {
     }
 }
 
+/// Counts every check result in `gatehouse_health_checks_total`.
+struct Counted {
+    inner: Box<dyn HealthCheck + Send + Sync>,
+    pool: String,
+}
+
+#[async_trait]
+impl HealthCheck for Counted {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let result = self.inner.check(target).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        crate::metrics::get()
+            .health_checks
+            .with_label_values(&[self.pool.as_str(), &target.addr.to_string(), outcome])
+            .inc();
+        result
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.inner.health_status_change(target, healthy).await;
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
+    }
+}
+
 pub(super) fn build_check(
     pool: &str,
     cfg: &HealthCheckConfig,
 ) -> Box<dyn HealthCheck + Send + Sync> {
+    Box::new(Counted {
+        inner: build_inner(pool, cfg),
+        pool: pool.to_string(),
+    })
+}
+
+fn build_inner(pool: &str, cfg: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
     let observer = Box::new(LogHealthChange {
         pool: pool.to_string(),
     });

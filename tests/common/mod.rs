@@ -162,6 +162,7 @@ async fn serve_echo(
 pub struct Gatehouse {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    pub admin_port: u16,
     pub config: PathBuf,
     child: Child,
 }
@@ -175,21 +176,26 @@ pub struct Output {
 
 /// Write a main config (and extra files) into a fresh directory. `body` holds everything but
 /// `listen` and `server`, which the harness adds with an ephemeral port and private paths.
-pub fn write_config(body: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, u16, PathBuf) {
+/// A configuration written to a fresh directory, with its ports.
+pub struct Written {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub admin_port: u16,
+    pub config: PathBuf,
+}
+
+pub fn write_config(body: &str, files: &[(&str, &str)]) -> Written {
     write_config_listen("", body, files)
 }
 
 /// Like [`write_config`], with more keys for the `listen` section (e.g. `https_redirect`).
-pub fn write_config_listen(
-    listen_extra: &str,
-    body: &str,
-    files: &[(&str, &str)],
-) -> (tempfile::TempDir, u16, PathBuf) {
+pub fn write_config_listen(listen_extra: &str, body: &str, files: &[(&str, &str)]) -> Written {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let admin_port = free_port();
     let d = dir.path().display();
     let main = format!(
-        "listen:\n  http: [\"127.0.0.1:{port}\"]\n{listen_extra}server:\n  threads: 2\n  grace_period: 1s\n  \
+        "admin: \"127.0.0.1:{admin_port}\"\nlisten:\n  http: [\"127.0.0.1:{port}\"]\n{listen_extra}server:\n  threads: 2\n  grace_period: 1s\n  \
          shutdown_timeout: 1s\n  pid_file: {d}/gatehouse.pid\n  upgrade_sock: {d}/upgrade.sock\n{body}"
     );
     let config = dir.path().join("gatehouse.yaml");
@@ -199,7 +205,12 @@ pub fn write_config_listen(
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
-    (dir, port, config)
+    Written {
+        dir,
+        port,
+        admin_port,
+        config,
+    }
 }
 
 /// Run `gatehouse <args>` to completion.
@@ -217,10 +228,8 @@ pub fn gatehouse_cmd(args: &[&str]) -> Output {
 
 /// `gatehouse check` on a config written like [`write_config`].
 pub fn check(body: &str, files: &[(&str, &str)]) -> Output {
-    let (dir, _, config) = write_config(body, files);
-    let out = gatehouse_cmd(&["check", "-c", config.to_str().unwrap()]);
-    drop(dir);
-    out
+    let w = write_config(body, files);
+    gatehouse_cmd(&["check", "-c", w.config.to_str().unwrap()])
 }
 
 impl Gatehouse {
@@ -233,14 +242,16 @@ impl Gatehouse {
     }
 
     /// Start on a configuration made by [`write_config`] or [`write_config_listen`].
-    pub async fn launch((dir, port, config): (tempfile::TempDir, u16, PathBuf)) -> Gatehouse {
+    pub async fn launch(w: Written) -> Gatehouse {
+        let Written {
+            dir,
+            port,
+            admin_port,
+            config,
+        } = w;
         let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(BIN)
             .args(["run", "-c", config.to_str().unwrap()])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -248,10 +259,12 @@ impl Gatehouse {
         let mut gh = Gatehouse {
             dir,
             port,
+            admin_port,
             config,
             child,
         };
         gh.wait_ready(port).await;
+        gh.wait_ready(admin_port).await;
         gh
     }
 
@@ -281,6 +294,30 @@ impl Gatehouse {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    /// The OS process id of the gatehouse this harness started.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process the harness started has exited (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Replace the main configuration file (keeping the harness's listen/server sections).
+    pub fn rewrite_config(&self, body: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let head_end = text
+            .find("  upgrade_sock:")
+            .and_then(|i| text[i..].find('\n').map(|j| i + j + 1))
+            .unwrap();
+        std::fs::write(&self.config, format!("{}{body}", &text[..head_end])).unwrap();
     }
 
     pub fn path(&self) -> &Path {

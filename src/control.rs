@@ -1,0 +1,163 @@
+//! Control of the running process: the current runtime slot and configuration reloads.
+//!
+//! A reload compiles the file again off the async runtime, carrying over unchanged pools
+//! (health state), rate limiters (counters) and the access log, then swaps the new runtime
+//! in atomically. Requests in flight keep the snapshot they started with. A configuration that
+//! fails to load changes nothing. Imports: config, runtime, upstream, metrics.
+
+use crate::config::{self, ConfigError, ConfigErrors};
+use crate::runtime::Runtime;
+use crate::{metrics, upstream};
+use arc_swap::ArcSwap;
+use pingora::server::ExecutionPhase;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+/// Set once the process starts to drain (binary upgrade or graceful stop): from then on every
+/// response closes its connection, so active clients move to the new process cleanly instead
+/// of meeting a keep-alive connection closed under them when the old process stops.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
+/// Follow Pingora's execution phases and raise [`draining`] when the process starts to leave.
+pub async fn watch_phases(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match phases.recv().await {
+            Ok(
+                ExecutionPhase::GracefulUpgradeTransferringFds
+                | ExecutionPhase::GracefulUpgradeCloseTimeout
+                | ExecutionPhase::GracefulTerminate
+                | ExecutionPhase::ShutdownStarted,
+            ) => {
+                if !DRAINING.swap(true, Ordering::Relaxed) {
+                    log::info!("draining: responses now close their connections");
+                }
+            }
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+/// What a successful reload did.
+#[derive(Debug)]
+pub struct ReloadReport {
+    pub version: u64,
+    pub summary: String,
+    /// Changes that only take effect after `gatehouse upgrade` (or a restart).
+    pub needs_upgrade: Vec<String>,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reloaded configuration {:016x}\n{}",
+            self.version, self.summary
+        )?;
+        for w in &self.needs_upgrade {
+            writeln!(
+                f,
+                "warning: {w}: not applied until `gatehouse upgrade` or a restart"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Control {
+    pub state: Arc<ArcSwap<Runtime>>,
+    pub config_path: PathBuf,
+    /// The log level `RUST_LOG` fixed, if it was set; else the configuration decides.
+    pub env_log_level: bool,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Control {
+    pub fn new(rt: Runtime, config_path: PathBuf) -> Arc<Control> {
+        let env_log_level = std::env::var_os("RUST_LOG").is_some();
+        let control = Arc::new(Control {
+            state: Arc::new(ArcSwap::from_pointee(rt)),
+            config_path,
+            env_log_level,
+            reloading: tokio::sync::Mutex::new(()),
+        });
+        control.publish(&control.state.load());
+        control
+    }
+
+    /// Metrics and log level that follow the running configuration.
+    fn publish(&self, rt: &Runtime) {
+        let m = metrics::get();
+        m.config_info.reset();
+        m.config_info
+            .with_label_values(&[&format!("{:016x}", rt.version)])
+            .set(1);
+        let loaded = rt
+            .loaded_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.config_loaded.set(loaded);
+        if !self.env_log_level {
+            log::set_max_level(rt.log_level);
+        }
+    }
+
+    /// Start what the current runtime needs in the background (health checks of new pools).
+    /// Call from within a tokio runtime.
+    pub fn start_background(&self) {
+        for pool in &self.state.load().pools {
+            upstream::spawn_health_checks(pool);
+        }
+    }
+
+    /// Load the configuration file again and swap it in. On error nothing changes.
+    pub async fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.state.load_full();
+        let path = self.config_path.clone();
+        let prev = current.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || config::load_runtime(&path, Some(&prev))).await;
+        let result = loaded.unwrap_or_else(|e| {
+            Err(ConfigErrors(vec![ConfigError::file(
+                &self.config_path,
+                format!("reload failed: {e}"),
+            )]))
+        });
+        let m = metrics::get();
+        match result {
+            Ok(next) => {
+                let report = ReloadReport {
+                    version: next.version,
+                    summary: next.summary(),
+                    needs_upgrade: current.needs_upgrade(&next),
+                };
+                self.state.store(Arc::new(next));
+                self.start_background();
+                self.publish(&self.state.load());
+                m.reloads.with_label_values(&["success"]).inc();
+                log::info!(
+                    "reloaded configuration {:016x} from {}",
+                    report.version,
+                    self.config_path.display()
+                );
+                for w in &report.needs_upgrade {
+                    log::warn!("{w}: not applied until `gatehouse upgrade` or a restart");
+                }
+                Ok(report)
+            }
+            Err(errors) => {
+                m.reloads.with_label_values(&["failure"]).inc();
+                log::error!("reload rejected, the running configuration stays:\n{errors}");
+                Err(errors)
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Metric handles and names: a leaf every room may call. Prometheus conventions, `gatehouse_`
+//! prefix, labels bounded by the configuration (route and pool names, backend addresses),
+//! never by raw paths or client addresses.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+/// Every metric gatehouse exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_connect: HistogramVec,
+    pub upstream_response: HistogramVec,
+    pub request_bytes: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub requests_in_flight: IntGauge,
+    pub backend_up: IntGaugeVec,
+    pub backend_inflight: IntGaugeVec,
+    pub health_checks: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub access_denied: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub config_info: IntGaugeVec,
+    pub config_loaded: Gauge,
+    pub access_log_dropped: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c =
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g =
+        IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    h
+}
+
+impl Metrics {
+    // The names and label sets below are fixed and distinct: registration cannot fail, and a
+    // test (`all_metrics_register`) proves it, so the panics above cannot fire.
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let single = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
+            r.register(Box::new(c.clone()))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            c
+        };
+        let access_log_dropped = single(
+            "gatehouse_access_log_dropped_total",
+            "Access log lines dropped because the writer could not keep up.",
+        );
+        let requests_in_flight =
+            IntGauge::new("gatehouse_requests_in_flight", "Requests being served now.")
+                .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(requests_in_flight.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config_loaded = Gauge::new(
+            "gatehouse_config_last_load_timestamp_seconds",
+            "Unix time the running configuration was loaded.",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(config_loaded.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = r.register(Box::new(pc));
+        }
+        Metrics {
+            requests: counter(
+                &r,
+                "gatehouse_requests_total",
+                "Requests answered, by route, method and status class.",
+                &["route", "method", "status"],
+            ),
+            request_duration: histogram(
+                &r,
+                "gatehouse_request_duration_seconds",
+                "Time from request to the end of the response.",
+                &["route"],
+            ),
+            upstream_connect: histogram(
+                &r,
+                "gatehouse_upstream_connect_seconds",
+                "Time to connect to a backend (new connections only).",
+                &["pool"],
+            ),
+            upstream_response: histogram(
+                &r,
+                "gatehouse_upstream_response_seconds",
+                "Time from choosing a backend to its response header.",
+                &["pool"],
+            ),
+            request_bytes: counter(
+                &r,
+                "gatehouse_request_body_bytes_total",
+                "Request body bytes read from clients.",
+                &["route"],
+            ),
+            response_bytes: counter(
+                &r,
+                "gatehouse_response_body_bytes_total",
+                "Response body bytes sent to clients.",
+                &["route"],
+            ),
+            requests_in_flight,
+            backend_up: gauge(
+                &r,
+                "gatehouse_backend_up",
+                "1 when the active health check considers the backend healthy.",
+                &["pool", "backend"],
+            ),
+            backend_inflight: gauge(
+                &r,
+                "gatehouse_backend_requests_in_flight",
+                "Requests in flight to the backend.",
+                &["pool", "backend"],
+            ),
+            health_checks: counter(
+                &r,
+                "gatehouse_health_checks_total",
+                "Active health check results.",
+                &["pool", "backend", "result"],
+            ),
+            retries: counter(
+                &r,
+                "gatehouse_upstream_retries_total",
+                "Requests sent to another backend after a failed connection.",
+                &["pool"],
+            ),
+            rate_limited: counter(
+                &r,
+                "gatehouse_rate_limited_total",
+                "Requests refused with 429 by a rate limit.",
+                &["route"],
+            ),
+            access_denied: counter(
+                &r,
+                "gatehouse_access_denied_total",
+                "Requests refused with 403 by an access list.",
+                &["route"],
+            ),
+            reloads: counter(
+                &r,
+                "gatehouse_config_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
+            config_info: gauge(
+                &r,
+                "gatehouse_config_info",
+                "The running configuration's version hash (value 1).",
+                &["hash"],
+            ),
+            config_loaded,
+            access_log_dropped,
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// `GET`, `HEAD`, `POST`, `PUT`, `DELETE`, `PATCH`, `OPTIONS` or `other`: bounded labels.
+pub fn method_class(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// `1xx` ... `5xx`, or `none` when no response was sent.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_register_and_render() {
+        let m = get();
+        m.requests.with_label_values(&["r", "GET", "2xx"]).inc();
+        let text = m.render();
+        assert!(
+            text.contains("gatehouse_requests_total{method=\"GET\",route=\"r\",status=\"2xx\"} 1")
+        );
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(
+            method_class(&http::Method::from_bytes(b"PURGE").unwrap()),
+            "other"
+        );
+    }
+}
