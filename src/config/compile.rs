@@ -2,7 +2,7 @@
 //! EVERY error with its file and YAML path. After this, runtime code meets no strings where a
 //! type fits. Imports: schema, routing, upstream, runtime.
 
-use super::compile_policy::{cidrs, compile_policy, redirect};
+use super::compile_policy::{cidrs, compile_policy, header_pairs, redirect};
 use super::load::{Loaded, Sourced};
 use super::schema::*;
 use super::{ConfigError, ConfigErrors};
@@ -694,23 +694,7 @@ fn compile_respond(spec: &RespondSpec, at: &str, e: &mut Errs) -> Option<DirectR
             None
         }
     };
-    let mut headers = Vec::new();
-    for (k, v) in &spec.headers {
-        match (
-            HeaderName::try_from(k.as_str()),
-            HeaderValue::try_from(v.as_str()),
-        ) {
-            (Ok(n), Ok(v)) => headers.push((n, v)),
-            (Err(_), _) => e.push(
-                format!("{at}.headers.{k}"),
-                format!("{k:?} is not a valid header name"),
-            ),
-            (_, Err(_)) => e.push(
-                format!("{at}.headers.{k}"),
-                format!("{v:?} is not a valid header value"),
-            ),
-        }
-    }
+    let mut headers = header_pairs(&spec.headers, &format!("{at}.headers"), e);
     if !spec.body.is_empty() && !headers.iter().any(|(n, _)| n == http::header::CONTENT_TYPE) {
         headers.push((
             http::header::CONTENT_TYPE,

@@ -144,29 +144,35 @@ fn limiter_for(
     old.or_else(|| RateLimiter::new(cfg).map(Arc::new))
 }
 
-pub(super) fn header_edits(spec: &HeaderEditsSpec, at: &str, e: &mut Errs) -> HeaderEdits {
-    let mut pairs = |map: &std::collections::BTreeMap<String, String>, key: &str| {
-        let mut out = Vec::new();
-        for (k, v) in map {
-            match (
-                HeaderName::try_from(k.as_str()),
-                HeaderValue::try_from(v.as_str()),
-            ) {
-                (Ok(n), Ok(v)) => out.push((n, v)),
-                (Err(_), _) => e.push(
-                    format!("{at}.{key}.{k}"),
-                    format!("{k:?} is not a valid header name"),
-                ),
-                (_, Err(_)) => e.push(
-                    format!("{at}.{key}.{k}"),
-                    format!("{v:?} is not a valid header value"),
-                ),
-            }
+/// A `Name: value` map, each pair validated; errors at `{at}.{name}`.
+pub(super) fn header_pairs(
+    map: &std::collections::BTreeMap<String, String>,
+    at: &str,
+    e: &mut Errs,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    for (k, v) in map {
+        match (
+            HeaderName::try_from(k.as_str()),
+            HeaderValue::try_from(v.as_str()),
+        ) {
+            (Ok(n), Ok(v)) => out.push((n, v)),
+            (Err(_), _) => e.push(
+                format!("{at}.{k}"),
+                format!("{k:?} is not a valid header name"),
+            ),
+            (_, Err(_)) => e.push(
+                format!("{at}.{k}"),
+                format!("{v:?} is not a valid header value"),
+            ),
         }
-        out
-    };
-    let add = pairs(&spec.add, "add");
-    let set = pairs(&spec.set, "set");
+    }
+    out
+}
+
+pub(super) fn header_edits(spec: &HeaderEditsSpec, at: &str, e: &mut Errs) -> HeaderEdits {
+    let add = header_pairs(&spec.add, &format!("{at}.add"), e);
+    let set = header_pairs(&spec.set, &format!("{at}.set"), e);
     let mut remove = Vec::new();
     for (i, k) in spec.remove.iter().enumerate() {
         match HeaderName::try_from(k.as_str()) {
