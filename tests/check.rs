@@ -245,3 +245,45 @@ fn every_shipped_example_config_is_valid() {
         }
     }
 }
+
+#[test]
+fn policy_mistakes_are_errors_with_their_yaml_path() {
+    let out = check(
+        r#"client_ip: { trusted_proxies: ["10.0.0.0/33"] }
+services: { s: { targets: ["127.0.0.1:1"] } }
+ingresses:
+  - rules:
+      - paths:
+          - path: /a
+            service: s
+            access: { allow: ["10.0.0.0/8", "not-an-ip"] }
+            rate_limit: { requests_per_second: 0, burst: -1, key: "cookie:x" }
+            request_headers: { set: { "bad name": x }, remove: ["ok", "bad\nname"] }
+            response_headers: { add: { X-Ok: "bad\u0001value" } }
+            rewrite: { regex: "^/a/(.*)$", replacement: "/b/$2" }
+          - { path: /b, service: s, rewrite: { strip_prefix: /b, replace_path: /c } }
+          - { path: /c, redirect: { to: "https://x/{nope}" } }
+          - { path: /d, redirect: { https: true, code: 200 } }
+          - { path: /e, respond: { body: x }, rewrite: { replace_path: /f } }
+"#,
+        &[],
+    );
+    assert_eq!(out.code, 1);
+    for want in [
+        "client_ip.trusted_proxies[0]: \"10.0.0.0/33\" is not a CIDR or IP address",
+        "paths[0].access.allow[1]: \"not-an-ip\" is not a CIDR or IP address",
+        "paths[0].rate_limit.requests_per_second: must be between 0.001 and 1000000, got 0",
+        "paths[0].rate_limit.burst: burst must be between 0 and 1000000, got -1",
+        "paths[0].rate_limit.key: \"cookie:x\": write \"client_ip\", \"route\" or \"header:X-Api-Key\"",
+        "paths[0].request_headers.set.bad name: \"bad name\" is not a valid header name",
+        "paths[0].request_headers.remove[1]:",
+        "paths[0].response_headers.add.X-Ok:",
+        "paths[0].rewrite: replacement refers to group $2, but the regex has 1 group(s)",
+        "paths[1].rewrite: write exactly one of `strip_prefix`, `replace_path`, or `regex` with `replacement`",
+        "paths[2].redirect: unknown variable {nope}",
+        "paths[3].redirect: redirect code must be one of 301, 302, 307, 308, got 200",
+        "paths[4].rewrite: a rewrite only applies to a path with a `service`",
+    ] {
+        assert!(out.stderr.contains(want), "missing {want:?} in:\n{}", out.stderr);
+    }
+}
