@@ -7,6 +7,7 @@
 
 use crate::config::{self, ConfigError, ConfigErrors};
 use crate::runtime::Runtime;
+use crate::tls::{CertKey, CertStore};
 use crate::{metrics, upstream};
 use arc_swap::ArcSwap;
 use pingora::server::ExecutionPhase;
@@ -73,6 +74,8 @@ impl std::fmt::Display for ReloadReport {
 
 pub struct Control {
     pub state: Arc<ArcSwap<Runtime>>,
+    /// Certificates every handshake reads: files from the running configuration, plus ACME.
+    pub certs: Arc<CertStore>,
     pub config_path: PathBuf,
     /// The log level `RUST_LOG` fixed, if it was set; else the configuration decides.
     pub env_log_level: bool,
@@ -80,16 +83,19 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(rt: Runtime, config_path: PathBuf) -> Arc<Control> {
+    pub fn new(rt: Runtime, config_path: PathBuf) -> Result<Arc<Control>, String> {
         let env_log_level = std::env::var_os("RUST_LOG").is_some();
+        let fallback = CertKey::self_signed(&["gatehouse.invalid".to_string()])
+            .map_err(|e| format!("cannot make the fallback certificate: {e}"))?;
         let control = Arc::new(Control {
             state: Arc::new(ArcSwap::from_pointee(rt)),
+            certs: Arc::new(CertStore::new(fallback)),
             config_path,
             env_log_level,
             reloading: tokio::sync::Mutex::new(()),
         });
         control.publish(&control.state.load());
-        control
+        Ok(control)
     }
 
     /// Metrics and log level that follow the running configuration.
@@ -106,6 +112,28 @@ impl Control {
         m.config_loaded.set(loaded);
         if !self.env_log_level {
             log::set_max_level(rt.log_level);
+        }
+        self.certs.set_files(rt.certificates.clone());
+        self.publish_certificates();
+    }
+
+    /// `gatehouse_certificate_expiry_timestamp_seconds` for every certificate served.
+    pub fn publish_certificates(&self) {
+        let m = metrics::get();
+        m.certificate_expiry.reset();
+        for (name, cert) in self.certs.all() {
+            let source = match cert.source {
+                crate::tls::Source::File(_) => "file",
+                crate::tls::Source::Acme => "acme",
+                crate::tls::Source::Fallback => "fallback",
+            };
+            let at = cert
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            m.certificate_expiry
+                .with_label_values(&[&name, source])
+                .set(at as i64);
         }
     }
 

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;
+pub mod tls;
 pub mod upstream;
 
 use async_trait::async_trait;
@@ -42,7 +43,11 @@ fn whole_seconds(d: std::time::Duration) -> u64 {
 
 /// Build the Pingora server for a compiled runtime: the HTTP proxy on every listener, the
 /// admin listener and the background supervisor. Nothing is bound until the server runs.
-pub fn build_server(rt: Runtime, config_path: PathBuf, opts: &RunOptions) -> Server {
+pub fn build_server(
+    rt: Runtime,
+    config_path: PathBuf,
+    opts: &RunOptions,
+) -> Result<Server, String> {
     let s = &rt.server;
     let conf = ServerConf {
         threads: s.threads,
@@ -65,8 +70,10 @@ pub fn build_server(rt: Runtime, config_path: PathBuf, opts: &RunOptions) -> Ser
     server.bootstrap();
 
     let listen_http = rt.listen_http.clone();
+    let listen_https = rt.listen_https.clone();
+    let preset = rt.tls_preset;
     let admin_addr = rt.admin;
-    let control = Control::new(rt, config_path);
+    let control = Control::new(rt, config_path)?;
     let mut http = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         proxy::Gatehouse::new(control.state.clone()),
@@ -74,6 +81,11 @@ pub fn build_server(rt: Runtime, config_path: PathBuf, opts: &RunOptions) -> Ser
     );
     for addr in &listen_http {
         http.add_tcp(&addr.to_string());
+    }
+    for addr in &listen_https {
+        let settings = tls::listener_settings(control.certs.clone(), preset)
+            .map_err(|e| format!("TLS listener {addr}: {e}"))?;
+        http.add_tls_with_settings(&addr.to_string(), None, settings);
     }
     server.add_service(http);
     if let Some(addr) = admin_addr {
@@ -89,7 +101,7 @@ pub fn build_server(rt: Runtime, config_path: PathBuf, opts: &RunOptions) -> Ser
         "supervisor",
         Supervisor { control, phases },
     ));
-    server
+    Ok(server)
 }
 
 /// Background work that follows the current runtime: health checks of its pools, reloads on

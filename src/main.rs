@@ -130,7 +130,13 @@ fn main() -> ExitCode {
                 }
             }
             let opts = gatehouse::RunOptions { upgrade, daemon };
-            gatehouse::build_server(rt, path, &opts).run_forever()
+            match gatehouse::build_server(rt, path, &opts) {
+                Ok(server) => server.run_forever(),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

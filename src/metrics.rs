@@ -28,6 +28,12 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     pub config_loaded: Gauge,
     pub access_log_dropped: IntCounter,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_certificate_picks: IntCounterVec,
+    pub tls_handshake_errors: IntCounter,
+    pub certificate_expiry: IntGaugeVec,
+    pub acme_orders: IntCounterVec,
+    pub acme_last_error: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -71,6 +77,10 @@ impl Metrics {
         let access_log_dropped = single(
             "gatehouse_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",
+        );
+        let tls_handshake_errors = single(
+            "gatehouse_tls_certificate_errors_total",
+            "Handshakes where the chosen certificate could not be installed.",
         );
         let requests_in_flight =
             IntGauge::new("gatehouse_requests_in_flight", "Requests being served now.")
@@ -177,6 +187,37 @@ impl Metrics {
             ),
             config_loaded,
             access_log_dropped,
+            tls_handshakes: counter(
+                &r,
+                "gatehouse_tls_handshakes_total",
+                "Completed TLS handshakes, by protocol version.",
+                &["version"],
+            ),
+            tls_certificate_picks: counter(
+                &r,
+                "gatehouse_tls_certificate_selections_total",
+                "Certificates chosen at handshake, by rule (exact, wildcard, default, fallback).",
+                &["rule"],
+            ),
+            tls_handshake_errors,
+            certificate_expiry: gauge(
+                &r,
+                "gatehouse_certificate_expiry_timestamp_seconds",
+                "When each served certificate expires (Unix time), by name and source.",
+                &["name", "source"],
+            ),
+            acme_orders: counter(
+                &r,
+                "gatehouse_acme_orders_total",
+                "ACME certificate orders, by result.",
+                &["result"],
+            ),
+            acme_last_error: gauge(
+                &r,
+                "gatehouse_acme_last_error_timestamp_seconds",
+                "When the last ACME attempt for a name failed (0: last attempt succeeded).",
+                &["name"],
+            ),
             registry: r,
         }
     }

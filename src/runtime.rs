@@ -6,6 +6,7 @@
 use crate::access_log::AccessLog;
 use crate::policy::{Policy, Redirect, TrustedProxies};
 use crate::routing::{HostPattern, RouteId, Router};
+use crate::tls::{CertKey, Preset};
 use crate::upstream::{Pool, PoolId};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -61,6 +62,10 @@ pub struct Runtime {
     pub loaded_at: SystemTime,
     pub files: Vec<PathBuf>,
     pub listen_http: Vec<SocketAddr>,
+    pub listen_https: Vec<SocketAddr>,
+    pub tls_preset: Preset,
+    /// Certificates from files, in order (the first is the default).
+    pub certificates: Vec<Arc<CertKey>>,
     /// Redirect every request on the HTTP listeners to https (ACME challenges excepted).
     pub https_redirect: Option<Redirect>,
     pub trusted_proxies: TrustedProxies,
@@ -91,6 +96,9 @@ impl Runtime {
         if self.listen_http != next.listen_http {
             why.push("listen.http changed".to_string());
         }
+        if self.listen_https != next.listen_https || self.tls_preset != next.tls_preset {
+            why.push("listen.https or tls.preset changed".to_string());
+        }
         if self.admin != next.admin {
             why.push("admin changed".to_string());
         }
@@ -112,6 +120,18 @@ impl Runtime {
         );
         for l in &self.listen_http {
             let _ = writeln!(s, "listen http {l}");
+        }
+        for l in &self.listen_https {
+            let _ = writeln!(s, "listen https {l} (TLS preset {:?})", self.tls_preset);
+        }
+        for c in &self.certificates {
+            let left = c.remaining().as_secs() / 86_400;
+            let _ = writeln!(
+                s,
+                "certificate {} ({left} days left) from {:?}",
+                c.names.join(", "),
+                c.source
+            );
         }
         match self.admin {
             Some(a) => {

@@ -63,7 +63,7 @@ impl ServeHttp for Admin {
                 }
             }
             (Method::GET, "/status") => {
-                let body = status::status_json(&self.control.state.load());
+                let body = status::status_json(&self.control.state.load(), &self.control.certs);
                 reply(StatusCode::OK, "application/json", body)
             }
             (Method::POST, "/reload") => match self.control.reload().await {

@@ -2,6 +2,7 @@
 
 use crate::metrics;
 use crate::runtime::{RouteAction, Runtime};
+use crate::tls::CertStore;
 use serde_json::json;
 use std::time::UNIX_EPOCH;
 
@@ -23,7 +24,7 @@ pub fn refresh_backend_metrics(rt: &Runtime) {
     }
 }
 
-pub fn status_json(rt: &Runtime) -> String {
+pub fn status_json(rt: &Runtime, certs: &CertStore) -> String {
     let routes: Vec<_> = rt
         .routes
         .iter()
@@ -73,7 +74,16 @@ pub fn status_json(rt: &Runtime) -> String {
             "loaded_at_unix": loaded,
             "files": rt.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         },
-        "listen": { "http": rt.listen_http.iter().map(|a| a.to_string()).collect::<Vec<_>>() },
+        "listen": {
+            "http": rt.listen_http.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "https": rt.listen_https.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        },
+        "certificates": certs.all().iter().map(|(name, c)| json!({
+            "name": name,
+            "source": format!("{:?}", c.source),
+            "not_after": humantime::format_rfc3339_seconds(c.not_after).to_string(),
+            "expired": c.expired(),
+        })).collect::<Vec<_>>(),
         "routes": routes,
         "pools": pools,
         "warnings": rt.warnings,

@@ -3,6 +3,7 @@
 //! type fits. Imports: schema, routing, upstream, runtime.
 
 use super::compile_policy::{cidrs, compile_policy, header_pairs, redirect};
+use super::compile_tls::compile_tls;
 use super::load::{Loaded, Sourced};
 use super::schema::*;
 use super::{ConfigError, ConfigErrors};
@@ -84,6 +85,16 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         &mut e,
     );
     let admin = compile_admin(main.admin.as_deref(), &mut e);
+    let listen_https = compile_addrs(&main.listen.https, "listen.https", &mut e);
+    let mut warnings = Vec::new();
+    let (tls_preset, certificates) =
+        compile_tls(&main.tls, &loaded.main_file, &mut e, &mut warnings);
+    if !listen_https.is_empty() && certificates.is_empty() {
+        warnings.push(
+            "HTTPS listeners but no certificate: every handshake gets the self-signed fallback"
+                .into(),
+        );
+    }
     let access_log = compile_access_log(main.access_log.as_ref(), previous, &mut e);
     let log_level = match main
         .log_level
@@ -140,7 +151,6 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    let mut warnings = Vec::new();
     for (name, id) in &pool_ids {
         let used = routes
             .iter()
@@ -155,6 +165,9 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         loaded_at: SystemTime::now(),
         files: loaded.files.clone(),
         listen_http,
+        listen_https,
+        tls_preset,
+        certificates,
         https_redirect: main
             .listen
             .https_redirect
@@ -288,21 +301,35 @@ fn compile_server(spec: &ServerSpec, e: &mut Errs) -> Option<ServerSettings> {
 }
 
 fn compile_listen(spec: &ListenSpec, e: &mut Errs) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = Vec::new();
-    if spec.http.is_empty() {
+    if spec.http.is_empty() && spec.https.is_empty() {
         e.push(
-            "listen.http",
-            "no HTTP listener; add one, e.g. listen: { http: [\"0.0.0.0:80\"] }",
+            "listen",
+            "no listener; add one, e.g. listen: { http: [\"0.0.0.0:80\"] }",
         );
     }
-    for (i, raw) in spec.http.iter().enumerate() {
+    let out = compile_addrs(&spec.http, "listen.http", e);
+    for a in &out {
+        if spec
+            .https
+            .iter()
+            .any(|h| h.parse::<SocketAddr>().ok() == Some(*a))
+        {
+            e.push("listen.https", format!("{a} is also an HTTP listener"));
+        }
+    }
+    out
+}
+
+fn compile_addrs(list: &[String], at: &str, e: &mut Errs) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for (i, raw) in list.iter().enumerate() {
         match raw.parse::<SocketAddr>() {
             Ok(a) if out.contains(&a) => {
-                e.push(format!("listen.http[{i}]"), format!("{a} is listed twice"))
+                e.push(format!("{at}[{i}]"), format!("{a} is listed twice"))
             }
             Ok(a) => out.push(a),
             Err(_) => e.push(
-                format!("listen.http[{i}]"),
+                format!("{at}[{i}]"),
                 format!(
                     "{raw:?} is not an IP:port address; write e.g. \"0.0.0.0:80\" or \"[::]:80\""
                 ),

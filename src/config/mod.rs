@@ -6,6 +6,7 @@
 
 mod compile;
 mod compile_policy;
+mod compile_tls;
 mod load;
 pub mod schema;
 

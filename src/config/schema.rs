@@ -24,12 +24,33 @@ pub struct ConfigSpec {
     /// `IP:port`, or `off`. Default `127.0.0.1:9090`.
     pub admin: Option<String>,
     pub access_log: Option<AccessLogSpec>,
+    #[serde(default)]
+    pub tls: TlsSpec,
     /// Error log level: error, warn, info, debug, trace. `RUST_LOG` overrides it.
     pub log_level: Option<String>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
     #[serde(default)]
     pub ingresses: Vec<IngressSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// `modern`, `intermediate` (default) or `old`.
+    pub preset: Option<String>,
+    /// Certificate chain + key files; the first is the default certificate.
+    #[serde(default)]
+    pub certificates: Vec<CertFilesSpec>,
+    /// A directory of `<name>.crt` + `<name>.key` pairs (`*.example.com.crt` too).
+    pub directory: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFilesSpec {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +85,9 @@ pub struct FragmentSpec {
 pub struct ListenSpec {
     #[serde(default)]
     pub http: Vec<String>,
+    /// TLS listeners (HTTP/1.1 and HTTP/2 by ALPN).
+    #[serde(default)]
+    pub https: Vec<String>,
     /// Answer every request on the HTTP listeners with a redirect to https (except ACME
     /// challenges).
     #[serde(default)]

@@ -1,0 +1,111 @@
+//! TLS termination: listener settings (Mozilla presets, ALPN h2/http1.1), the certificate store
+//! and the handshake callback that reads it. Imports: metrics; nothing of config or proxy.
+
+pub mod cert;
+pub mod store;
+
+pub use cert::{CertKey, Source};
+pub use store::{CertStore, Pick};
+
+use async_trait::async_trait;
+use openssl::ssl::{NameType, SslVersion};
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{TlsAccept, TlsAcceptCallbacks};
+use pingora::protocols::tls::TlsRef;
+use pingora::tls::ext;
+use std::any::Any;
+use std::sync::Arc;
+
+/// Mozilla's server-side TLS configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// TLS 1.3 only.
+    Modern,
+    /// TLS 1.2 and 1.3 with forward-secret AEAD ciphers (the default).
+    Intermediate,
+    /// TLS 1.0 and up with legacy ciphers, for very old clients.
+    Old,
+}
+
+const OLD_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:\
+ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:\
+ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:\
+ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES256-SHA384:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA:\
+AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA:\
+DES-CBC3-SHA:@SECLEVEL=0";
+
+/// Settings for one HTTPS listener: the preset, h2 + http/1.1 by ALPN, certificates from
+/// `store` chosen per SNI at handshake time.
+pub fn listener_settings(store: Arc<CertStore>, preset: Preset) -> pingora::Result<TlsSettings> {
+    let callbacks: TlsAcceptCallbacks = Box::new(SniCallback { store });
+    let mut settings = TlsSettings::with_callbacks(callbacks)?;
+    let tls_err = |e: openssl::error::ErrorStack| {
+        pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            format!("TLS preset: {e}"),
+        )
+    };
+    match preset {
+        Preset::Modern => settings
+            .set_min_proto_version(Some(SslVersion::TLS1_3))
+            .map_err(tls_err)?,
+        Preset::Intermediate => settings
+            .set_min_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(tls_err)?,
+        Preset::Old => {
+            settings
+                .set_min_proto_version(Some(SslVersion::TLS1))
+                .map_err(tls_err)?;
+            settings.set_cipher_list(OLD_CIPHERS).map_err(tls_err)?;
+        }
+    }
+    settings.enable_h2();
+    Ok(settings)
+}
+
+struct SniCallback {
+    store: Arc<CertStore>,
+}
+
+#[async_trait]
+impl TlsAccept for SniCallback {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let sni = ssl
+            .servername(NameType::HOST_NAME)
+            .map(str::to_ascii_lowercase);
+        let (cert, pick) = self.store.pick(sni.as_deref());
+        let m = crate::metrics::get();
+        m.tls_certificate_picks
+            .with_label_values(&[pick.as_str()])
+            .inc();
+        if pick == Pick::Fallback {
+            log::info!(
+                "TLS: no certificate for {:?}, answering with the self-signed fallback",
+                sni
+            );
+        }
+        let installed = ext::ssl_use_certificate(ssl, &cert.chain[0])
+            .and_then(|()| ext::ssl_use_private_key(ssl, &cert.key))
+            .and_then(|()| {
+                cert.chain[1..]
+                    .iter()
+                    .try_for_each(|c| ext::ssl_add_chain_cert(ssl, c))
+            });
+        if let Err(e) = installed {
+            log::error!("TLS: cannot use the certificate for {sni:?}: {e}");
+            m.tls_handshake_errors.inc();
+        }
+    }
+
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        crate::metrics::get()
+            .tls_handshakes
+            .with_label_values(&[ssl.version_str()])
+            .inc();
+        None
+    }
+}
