@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Debian packages the build needs (Pingora's zlib-ng needs cmake; the openssl feature needs
 # libssl-dev and pkg-config) and what the tests need on top.
 BUILD_DEBS := cmake libssl-dev pkg-config
-TEST_DEBS := $(BUILD_DEBS) curl
+TEST_DEBS := $(BUILD_DEBS) curl pebble
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -5,6 +5,7 @@
 //! in atomically. Requests in flight keep the snapshot they started with. A configuration that
 //! fails to load changes nothing. Imports: config, runtime, upstream, metrics.
 
+use crate::acme::{self, AcmeConfig, AcmeHost, Challenges};
 use crate::config::{self, ConfigError, ConfigErrors};
 use crate::runtime::Runtime;
 use crate::tls::{CertKey, CertStore};
@@ -76,6 +77,11 @@ pub struct Control {
     pub state: Arc<ArcSwap<Runtime>>,
     /// Certificates every handshake reads: files from the running configuration, plus ACME.
     pub certs: Arc<CertStore>,
+    /// HTTP-01 answers the proxy serves while an ACME order waits on them.
+    pub challenges: Arc<Challenges>,
+    /// Wakes the ACME loop after a reload.
+    acme_wake: Arc<tokio::sync::Notify>,
+    acme_started: AtomicBool,
     pub config_path: PathBuf,
     /// The log level `RUST_LOG` fixed, if it was set; else the configuration decides.
     pub env_log_level: bool,
@@ -90,6 +96,9 @@ impl Control {
         let control = Arc::new(Control {
             state: Arc::new(ArcSwap::from_pointee(rt)),
             certs: Arc::new(CertStore::new(fallback)),
+            challenges: Arc::new(Challenges::default()),
+            acme_wake: Arc::new(tokio::sync::Notify::new()),
+            acme_started: AtomicBool::new(false),
             config_path,
             env_log_level,
             reloading: tokio::sync::Mutex::new(()),
@@ -137,16 +146,26 @@ impl Control {
         }
     }
 
-    /// Start what the current runtime needs in the background (health checks of new pools).
-    /// Call from within a tokio runtime.
-    pub fn start_background(&self) {
+    /// Start what the current runtime needs in the background: health checks of new pools,
+    /// and the ACME loop once. Call from within a tokio runtime.
+    pub fn start_background(self: &Arc<Self>) {
         for pool in &self.state.load().pools {
             upstream::spawn_health_checks(pool);
+        }
+        if !self.acme_started.swap(true, Ordering::Relaxed) {
+            let host: Arc<dyn AcmeHost> = self.clone();
+            tokio::spawn(acme::run(
+                host,
+                self.challenges.clone(),
+                self.acme_wake.clone(),
+            ));
+        } else {
+            self.acme_wake.notify_one();
         }
     }
 
     /// Load the configuration file again and swap it in. On error nothing changes.
-    pub async fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
+    pub async fn reload(self: &Arc<Self>) -> Result<ReloadReport, ConfigErrors> {
         let _one_at_a_time = self.reloading.lock().await;
         let current = self.state.load_full();
         let path = self.config_path.clone();
@@ -187,5 +206,19 @@ impl Control {
                 Err(errors)
             }
         }
+    }
+}
+
+impl AcmeHost for Control {
+    fn acme_config(&self) -> Option<AcmeConfig> {
+        self.state.load().acme.clone()
+    }
+
+    fn certs(&self) -> &CertStore {
+        &self.certs
+    }
+
+    fn certificates_changed(&self) {
+        self.publish_certificates();
     }
 }

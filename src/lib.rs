@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod config;
 pub mod control;
@@ -76,7 +77,7 @@ pub fn build_server(
     let control = Control::new(rt, config_path)?;
     let mut http = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        proxy::Gatehouse::new(control.state.clone()),
+        proxy::Gatehouse::new(control.state.clone(), control.challenges.clone()),
         "gatehouse http",
     );
     for addr in &listen_http {

@@ -4,6 +4,7 @@
 //! request keeps the snapshot it started with. Imports: routing, policy, upstream.
 
 use crate::access_log::AccessLog;
+use crate::acme::AcmeConfig;
 use crate::policy::{Policy, Redirect, TrustedProxies};
 use crate::routing::{HostPattern, RouteId, Router};
 use crate::tls::{CertKey, Preset};
@@ -66,6 +67,8 @@ pub struct Runtime {
     pub tls_preset: Preset,
     /// Certificates from files, in order (the first is the default).
     pub certificates: Vec<Arc<CertKey>>,
+    /// ACME settings and the names it manages, when any ingress asks for them.
+    pub acme: Option<AcmeConfig>,
     /// Redirect every request on the HTTP listeners to https (ACME challenges excepted).
     pub https_redirect: Option<Redirect>,
     pub trusted_proxies: TrustedProxies,
@@ -181,6 +184,9 @@ impl Runtime {
                 c.retries,
                 targets.join(", ")
             );
+        }
+        if let Some(a) = &self.acme {
+            let _ = writeln!(s, "ACME {} manages: {}", a.directory, a.names.join(", "));
         }
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");

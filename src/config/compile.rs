@@ -3,7 +3,7 @@
 //! type fits. Imports: schema, routing, upstream, runtime.
 
 use super::compile_policy::{cidrs, compile_policy, header_pairs, redirect};
-use super::compile_tls::compile_tls;
+use super::compile_tls::{compile_acme, compile_tls};
 use super::load::{Loaded, Sourced};
 use super::schema::*;
 use super::{ConfigError, ConfigErrors};
@@ -148,6 +148,12 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
             }
         }
     }
+    let acme = compile_acme(
+        main.tls.acme.as_ref(),
+        &loaded.ingresses,
+        &mut errors,
+        &loaded.main_file,
+    );
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -168,6 +174,7 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         listen_https,
         tls_preset,
         certificates,
+        acme,
         https_redirect: main
             .listen
             .https_redirect

@@ -44,6 +44,33 @@ pub struct TlsSpec {
     pub certificates: Vec<CertFilesSpec>,
     /// A directory of `<name>.crt` + `<name>.key` pairs (`*.example.com.crt` too).
     pub directory: Option<String>,
+    pub acme: Option<AcmeSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSpec {
+    /// Directory URL, or `production` (default) / `staging` for Let's Encrypt.
+    pub directory: Option<String>,
+    pub email: Option<String>,
+    pub storage: Option<String>,
+    pub renew_before: Option<String>,
+    /// PEM CA bundle to trust for the ACME server.
+    pub ca: Option<String>,
+    pub check_interval: Option<String>,
+    pub min_retry: Option<String>,
+    pub max_retry: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressTlsSpec {
+    /// Obtain certificates for this ingress's hosts over ACME.
+    #[serde(default)]
+    pub acme: bool,
+    /// The names to certify; default: every exact host of the ingress's rules.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +212,7 @@ pub struct TimeoutsSpec {
 #[serde(deny_unknown_fields)]
 pub struct IngressSpec {
     pub name: Option<String>,
+    pub tls: Option<IngressTlsSpec>,
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
 }

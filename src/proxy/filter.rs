@@ -3,6 +3,7 @@
 //! answer (redirect or direct response) or on to the upstream.
 
 use super::{respond, Ctx};
+use crate::acme::Challenges;
 use crate::policy::{normalize::normalize, request_id, RateKey};
 use crate::routing::normalize_host;
 use crate::runtime::RouteAction;
@@ -13,6 +14,30 @@ use std::borrow::Cow;
 
 /// Prefix answered for ACME before anything else; never redirected.
 pub const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// Answer `/.well-known/acme-challenge/<token>` for any host, before routing and policy.
+/// `Ok(true)` when it was such a request (answered 200 with the key authorization, or 404).
+pub async fn acme_challenge(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    challenges: &Challenges,
+) -> Result<bool> {
+    let Some(token) = session.req_header().uri.path().strip_prefix(ACME_CHALLENGE) else {
+        return Ok(false);
+    };
+    if challenges.is_empty() {
+        return Ok(false); // no order waits: the path is the routes' to answer
+    }
+    identify(session, ctx);
+    match challenges.get(token) {
+        Some(key_auth) => {
+            let ct = (header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            respond::send(session, ctx, 200, &[ct], key_auth.into()).await?;
+        }
+        None => respond::error(session, ctx, 404).await?,
+    }
+    Ok(true)
+}
 
 /// Run the whole filter. `Ok(true)` means a response was sent.
 pub async fn run(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {

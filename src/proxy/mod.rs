@@ -8,6 +8,7 @@ mod respond;
 pub use ctx::Ctx;
 
 use crate::access_log::Entry;
+use crate::acme::Challenges;
 use crate::metrics;
 use crate::policy::rewrite::with_query;
 use crate::runtime::Runtime;
@@ -23,11 +24,12 @@ use std::sync::Arc;
 /// The HTTP proxy: reads the current [`Runtime`] from a shared swap slot.
 pub struct Gatehouse {
     state: Arc<ArcSwap<Runtime>>,
+    challenges: Arc<Challenges>,
 }
 
 impl Gatehouse {
-    pub fn new(state: Arc<ArcSwap<Runtime>>) -> Self {
-        Gatehouse { state }
+    pub fn new(state: Arc<ArcSwap<Runtime>>, challenges: Arc<Challenges>) -> Self {
+        Gatehouse { state, challenges }
     }
 }
 
@@ -44,6 +46,9 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if filter::acme_challenge(session, ctx, &self.challenges).await? {
+            return Ok(true);
+        }
         filter::run(session, ctx).await
     }
 
