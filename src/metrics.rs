@@ -18,6 +18,7 @@ pub struct Metrics {
     pub request_bytes: IntCounterVec,
     pub response_bytes: IntCounterVec,
     pub requests_in_flight: IntGauge,
+    pub downstream_connections: IntGaugeVec,
     pub backend_up: IntGaugeVec,
     pub backend_inflight: IntGaugeVec,
     pub health_checks: IntCounterVec,
@@ -137,6 +138,12 @@ impl Metrics {
                 &["route"],
             ),
             requests_in_flight,
+            downstream_connections: gauge(
+                &r,
+                "gatehouse_downstream_connections",
+                "Established client connections per listener (from the kernel, at scrape time).",
+                &["kind", "listener"],
+            ),
             backend_up: gauge(
                 &r,
                 "gatehouse_backend_up",

@@ -122,6 +122,12 @@ ingresses:
     assert!(checked.await, "no successful health check counted");
     assert!(text.contains("process_resident_memory_bytes"), "{text}");
     assert_eq!(get("gatehouse_requests_in_flight"), 0.0);
+    // The test client keeps its keep-alive connection open: at least one is established.
+    let listener = format!(
+        r#"gatehouse_downstream_connections{{kind="http",listener="127.0.0.1:{}"}}"#,
+        gh.port
+    );
+    assert!(get(&listener) >= 1.0, "{text}");
 }
 
 #[tokio::test]
