@@ -10,7 +10,7 @@ TEST_DEBS := $(BUILD_DEBS) curl pebble
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build release check-config deps-build deps-test fmt clippy
+.PHONY: run test build deps-build deps-test bench load
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -47,3 +47,18 @@ test: deps-test
 	else \
 	  $(CARGO) test --no-fail-fast; \
 	fi
+
+BENCH_DEBS := $(BUILD_DEBS) nginx-light haproxy wrk nghttp2-client openssl python3
+
+## make bench: criterion micro-benchmarks, then the load comparison against nginx and HAProxy
+bench:
+	$(call apt_install,$(BENCH_DEBS))
+	$(CARGO) bench --bench routing --bench policy
+	$(CARGO) build --release --bin gatehouse --example bare_proxy
+	python3 benches/load/compare.py
+
+## make load: only the load comparison (BENCH_DURATION, BENCH_ROUNDS to change its length)
+load:
+	$(call apt_install,$(BENCH_DEBS))
+	$(CARGO) build --release --bin gatehouse --example bare_proxy
+	python3 benches/load/compare.py

@@ -304,3 +304,60 @@ async fn hostname_targets_are_resolved_at_load() {
     let counts = count_origins(&gh, 4).await;
     assert_eq!(counts["a"], 4);
 }
+
+#[tokio::test]
+async fn passive_health_ejects_failing_backends() {
+    let good = Origin::start("good").await;
+    let bad = Origin::start("bad").await;
+    bad.behaviour.status.store(500, Ordering::SeqCst);
+    let dead = free_port();
+    let gh = Gatehouse::start(&format!(
+        r#"services:
+  refused: {{ targets: ["127.0.0.1:{dead}", "{good}"], retries: 1, passive_health: {{ failures: 1, eject_for: 60s }} }}
+  erroring: {{ targets: ["{bad}", "{good}"], passive_health: {{ failures: 2, eject_for: 60s }} }}
+  tolerant: {{ targets: ["{bad}", "{good}"], passive_health: off }}
+ingresses:
+  - rules:
+      - paths: [{{ path: /refused, service: refused }}, {{ path: /erroring, service: erroring }}, {{ path: /tolerant, service: tolerant }}]
+"#,
+        good = good.addr,
+        bad = bad.addr
+    ))
+    .await;
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(get_host(&c, &gh.url("/refused"), "x").await.0, 200);
+    }
+    // Only the first request met the refused backend; then it was ejected.
+    let text = c
+        .get(gh.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("gatehouse_upstream_retries_total{pool=\"refused\"} 1\n"),
+        "{text}"
+    );
+    let mut errors = 0;
+    for _ in 0..20 {
+        errors += usize::from(get_host(&c, &gh.url("/erroring"), "x").await.0 == 500);
+    }
+    assert_eq!(
+        errors, 2,
+        "the 5xx backend was not ejected after two failures"
+    );
+    let mut tolerated = 0;
+    for _ in 0..10 {
+        tolerated += usize::from(get_host(&c, &gh.url("/tolerant"), "x").await.0 == 500);
+    }
+    assert_eq!(tolerated, 5);
+    assert!(
+        gh.log()
+            .contains("failed 2 times in a row, ejected for 60s"),
+        "{}",
+        gh.log()
+    );
+}

@@ -13,7 +13,8 @@ use crate::policy::TrustedProxies;
 use crate::routing::{HostPattern, PathPattern, RouteId, Router};
 use crate::runtime::{DirectResponse, Route, RouteAction, Runtime, ServerSettings};
 use crate::upstream::{
-    Balance, CheckKind, HashKey, HealthCheckConfig, Pool, PoolConfig, PoolId, Target, Timeouts,
+    Balance, CheckKind, HashKey, HealthCheckConfig, Passive, Pool, PoolConfig, PoolId, Target,
+    Timeouts,
 };
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -410,7 +411,9 @@ fn compile_service(name: &str, src: &Sourced<ServiceSpec>, e: &mut Errs) -> Opti
                 None
             }
         });
+    let passive = compile_passive(spec.passive_health.as_ref(), &at("passive_health"), e);
     (e.out.len() == before).then(|| PoolConfig {
+        passive,
         name: name.to_string(),
         targets,
         balance,
@@ -419,6 +422,37 @@ fn compile_service(name: &str, src: &Sourced<ServiceSpec>, e: &mut Errs) -> Opti
         timeouts,
         host_header,
     })
+}
+
+fn compile_passive(spec: Option<&PassiveSpec>, at: &str, e: &mut Errs) -> Option<Passive> {
+    let d = Passive::default();
+    match spec {
+        None => Some(d),
+        Some(PassiveSpec::Off(s)) if s == "off" => None,
+        Some(PassiveSpec::Off(s)) => {
+            e.push(
+                at,
+                format!("{s:?}: write `off` or {{ failures: 3, eject_for: 10s }}"),
+            );
+            None
+        }
+        Some(PassiveSpec::On {
+            failures,
+            eject_for,
+        }) => {
+            let failures = e.take(
+                positive(*failures, 3, "failures"),
+                format!("{at}.failures"),
+                3,
+            );
+            let eject_for = positive_duration(eject_for, d.eject_for);
+            let eject_for = e.take(eject_for, format!("{at}.eject_for"), d.eject_for);
+            Some(Passive {
+                failures: u32::try_from(failures).unwrap_or(u32::MAX),
+                eject_for,
+            })
+        }
+    }
 }
 
 fn compile_targets(specs: &[TargetSpec], at: &str, e: &mut Errs) -> Vec<Target> {
@@ -555,6 +589,7 @@ fn compile_timeouts(spec: &TimeoutsSpec, at: &str, e: &mut Errs) -> Timeouts {
         read: one(&spec.read, "read", d.read),
         write: one(&spec.write, "write", d.write),
         idle: one(&spec.idle, "idle", d.idle),
+        websocket_idle: one(&spec.websocket_idle, "websocket_idle", d.websocket_idle),
     }
 }
 

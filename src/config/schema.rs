@@ -149,6 +149,18 @@ pub struct ServiceSpec {
     pub timeouts: TimeoutsSpec,
     /// Host header sent upstream instead of the client's.
     pub host_header: Option<String>,
+    /// `{ failures: 3, eject_for: 10s }` by default; `off` disables.
+    pub passive_health: Option<PassiveSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PassiveSpec {
+    Off(String),
+    On {
+        failures: Option<i64>,
+        eject_for: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +218,8 @@ pub struct TimeoutsSpec {
     pub read: Option<String>,
     pub write: Option<String>,
     pub idle: Option<String>,
+    /// Idle timeout of upgraded (WebSocket) connections, instead of `read`.
+    pub websocket_idle: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

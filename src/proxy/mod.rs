@@ -79,7 +79,9 @@ impl ProxyHttp for Gatehouse {
         let t = &pool.config.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
+        // An upgraded connection (WebSocket) may be silent for long: it gets its own timeout.
+        let upgrade = session.is_upgrade_req();
+        peer.options.read_timeout = Some(if upgrade { t.websocket_idle } else { t.read });
         peer.options.write_timeout = Some(t.write);
         peer.options.idle_timeout = Some(t.idle);
         Ok(Box::new(peer))
@@ -93,6 +95,9 @@ impl ProxyHttp for Gatehouse {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.inflight = None;
+        if let (Some(pool), Some(addr)) = (&ctx.pool, ctx.tried.last()) {
+            pool.record(*addr, false);
+        }
         let retries = ctx.pool.as_ref().map_or(0, |p| p.config.retries);
         // Nothing reached the backend yet, so any method may go to another one.
         let retry = ctx.tried.len() <= retries;
@@ -136,9 +141,12 @@ impl ProxyHttp for Gatehouse {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let (Some(pool), Some(addr)) = (&ctx.pool, ctx.tried.last()) {
+            pool.record(*addr, resp.status.as_u16() < 500);
+        }
         if let (Some(start), Some(pool)) = (ctx.upstream_start, &ctx.pool) {
             let took = start.elapsed();
             ctx.upstream_time = Some(took);

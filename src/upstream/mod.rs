@@ -18,7 +18,7 @@ use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 /// Index of a pool in the runtime's pool table.
@@ -87,6 +87,8 @@ pub struct Timeouts {
     pub write: Duration,
     /// How long an idle upstream keep-alive connection is kept in the pool.
     pub idle: Duration,
+    /// How long an upgraded (WebSocket) connection may stay silent; replaces `read` for them.
+    pub websocket_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -96,6 +98,24 @@ impl Default for Timeouts {
             read: Duration::from_secs(60),
             write: Duration::from_secs(60),
             idle: Duration::from_secs(60),
+            websocket_idle: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Passive health: a backend that fails `failures` times in a row (refused or timed-out
+/// connections, 5xx answers) gets no traffic for `eject_for`, then is tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passive {
+    pub failures: u32,
+    pub eject_for: Duration,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            failures: 3,
+            eject_for: Duration::from_secs(10),
         }
     }
 }
@@ -111,6 +131,8 @@ pub struct PoolConfig {
     pub retries: usize,
     pub timeouts: Timeouts,
     pub host_header: Option<HeaderValue>,
+    /// `None`: passive health is off.
+    pub passive: Option<Passive>,
 }
 
 enum Balancer {
@@ -125,6 +147,10 @@ pub struct Pool {
     balancer: Balancer,
     /// In-flight requests per backend, in the order of `config.targets` (deduplicated).
     inflight: Box<[(SocketAddr, AtomicUsize)]>,
+    /// Passive health per backend (same order): consecutive failures, ejected until (ms
+    /// since `born`).
+    passive: Box<[(AtomicU32, AtomicU64)]>,
+    born: std::time::Instant,
     /// Rotates the starting point of least-connections ties.
     tie_break: AtomicUsize,
     max_iterations: usize,
@@ -168,6 +194,10 @@ impl Pool {
                 seen.push(t.addr);
             }
         }
+        let passive = seen
+            .iter()
+            .map(|_| (AtomicU32::new(0), AtomicU64::new(0)))
+            .collect();
         let inflight = seen.into_iter().map(|a| (a, AtomicUsize::new(0))).collect();
         let total_weight: usize = config.targets.iter().map(|t| t.weight).sum();
         Ok(Pool {
@@ -175,6 +205,8 @@ impl Pool {
             config,
             balancer,
             inflight,
+            passive,
+            born: std::time::Instant::now(),
             tie_break: AtomicUsize::new(0),
             checks_started: AtomicBool::new(false),
         })

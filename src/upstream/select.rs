@@ -23,10 +23,23 @@ impl Pool {
     /// Pick a healthy backend that is not in `exclude` (the ones this request already tried).
     /// `key` feeds consistent hashing and is ignored by the other algorithms.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<SocketAddr> {
-        let accept = |b: &Backend, healthy: bool| healthy && !excluded(b, exclude);
+        // Prefer backends passive health has not ejected; if every candidate is ejected, try
+        // them anyway rather than fail outright.
+        self.select_where(key, exclude, true)
+            .or_else(|| self.select_where(key, exclude, false))
+    }
+
+    fn select_where(
+        &self,
+        key: &[u8],
+        exclude: &[SocketAddr],
+        skip_ejected: bool,
+    ) -> Option<SocketAddr> {
+        let ok = |a: &SocketAddr| !(exclude.contains(a) || skip_ejected && self.ejected(*a));
+        let accept = |b: &Backend, healthy: bool| healthy && b.addr.as_inet().is_some_and(ok);
         let backend = match &self.balancer {
             Balancer::RoundRobin(_) if self.config.balance == Balance::LeastConnections => {
-                return self.least_connections(exclude);
+                return self.least_connections(&ok);
             }
             Balancer::RoundRobin(lb) => lb.select_with(key, self.max_iterations, accept),
             Balancer::Random(lb) => lb.select_with(key, self.max_iterations, accept),
@@ -47,13 +60,13 @@ impl Pool {
 
     /// The healthy backend with the fewest requests in flight relative to its weight; ties go
     /// round the pool so that an idle pool still spreads its load.
-    fn least_connections(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
+    fn least_connections(&self, ok: &dyn Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
         let n = self.config.targets.len();
         let start = self.tie_break.fetch_add(1, Relaxed);
         let mut best: Option<(usize, usize, SocketAddr)> = None; // (load*1000/weight, weight)
         for i in 0..n {
             let t = &self.config.targets[(start + i) % n];
-            if exclude.contains(&t.addr) || !self.is_healthy(t.addr) {
+            if !ok(&t.addr) || !self.is_healthy(t.addr) {
                 continue;
             }
             let load = self.inflight(t.addr).saturating_mul(1000) / t.weight.max(1);
@@ -65,8 +78,43 @@ impl Pool {
     }
 }
 
-fn excluded(b: &Backend, exclude: &[SocketAddr]) -> bool {
-    b.addr.as_inet().is_some_and(|a| exclude.contains(a))
+impl Pool {
+    fn index(&self, addr: SocketAddr) -> Option<usize> {
+        self.inflight.iter().position(|(a, _)| *a == addr)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether passive health currently keeps `addr` out.
+    pub fn ejected(&self, addr: SocketAddr) -> bool {
+        self.index(addr)
+            .is_some_and(|i| self.passive[i].1.load(Relaxed) > self.now_ms())
+    }
+
+    /// Record the outcome of an attempt on `addr` for passive health.
+    pub fn record(&self, addr: SocketAddr, success: bool) {
+        let (Some(cfg), Some(i)) = (&self.config.passive, self.index(addr)) else {
+            return;
+        };
+        let (fails, until) = &self.passive[i];
+        if success {
+            fails.store(0, Relaxed);
+            return;
+        }
+        if fails.fetch_add(1, Relaxed) + 1 >= cfg.failures {
+            fails.store(0, Relaxed);
+            let ms = u64::try_from(cfg.eject_for.as_millis()).unwrap_or(u64::MAX);
+            until.store(self.now_ms().saturating_add(ms), Relaxed);
+            log::warn!(
+                "pool {}: backend {addr} failed {} times in a row, ejected for {:?}",
+                self.config.name,
+                cfg.failures,
+                cfg.eject_for
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +141,10 @@ mod tests {
                 retries: 1,
                 timeouts: Timeouts::default(),
                 host_header: None,
+                passive: Some(Passive {
+                    failures: 2,
+                    eject_for: std::time::Duration::from_secs(60),
+                }),
             })
             .unwrap(),
         )
@@ -125,6 +177,24 @@ mod tests {
             let a = p.select(key, &[]).unwrap();
             assert!((0..20).all(|_| p.select(key, &[]) == Some(a)));
         }
+    }
+
+    #[test]
+    fn passive_health_ejects_after_consecutive_failures() {
+        let p = pool(Balance::RoundRobin, &[1, 1]);
+        let bad: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        p.record(bad, false);
+        p.record(bad, true); // a success resets the count
+        p.record(bad, false);
+        assert!(!p.ejected(bad));
+        p.record(bad, false);
+        assert!(p.ejected(bad));
+        assert!((0..10).all(|_| p.select(b"", &[]) != Some(bad)));
+        // With the other backend excluded, the ejected one is still better than nothing.
+        assert_eq!(
+            p.select(b"", &["127.0.0.1:1001".parse().unwrap()]),
+            Some(bad)
+        );
     }
 
     #[test]
