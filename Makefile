@@ -29,7 +29,7 @@ deps-test:
 
 ## make run: build (release) and start gatehouse on conf/gatehouse.yaml
 run: deps-build
-	$(CARGO) build --release
+	$(CARGO) build --release --bin gatehouse
 	./target/release/gatehouse check -c $(CONFIG)
 	./target/release/gatehouse run -c $(CONFIG)
 
@@ -54,11 +54,13 @@ BENCH_DEBS := $(BUILD_DEBS) nginx-light haproxy wrk nghttp2-client openssl pytho
 bench:
 	$(call apt_install,$(BENCH_DEBS))
 	$(CARGO) bench --bench routing --bench policy
-	$(CARGO) build --release --bin gatehouse --example bare_proxy
+	$(CARGO) build --release --bin gatehouse
+	$(CARGO) build --release --example bare_proxy
 	python3 benches/load/compare.py
 
 ## make load: only the load comparison (BENCH_DURATION, BENCH_ROUNDS to change its length)
 load:
 	$(call apt_install,$(BENCH_DEBS))
-	$(CARGO) build --release --bin gatehouse --example bare_proxy
+	$(CARGO) build --release --bin gatehouse
+	$(CARGO) build --release --example bare_proxy
 	python3 benches/load/compare.py

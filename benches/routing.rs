@@ -70,5 +70,31 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Load + compile a configuration of 10,000 routes (1,000 hosts x 10 paths) from YAML.
+fn compile(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("gatehouse-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut yaml = String::from(
+        "listen: { http: [\"127.0.0.1:8080\"] }\nservices: { s: { targets: [\"127.0.0.1:9000\"] } }\ningresses:\n  - rules:\n",
+    );
+    for h in 0..1_000 {
+        yaml.push_str(&format!("      - host: svc{h}.example.com\n        paths:\n"));
+        for p in 0..10 {
+            yaml.push_str(&format!(
+                "          - {{ path: /api/v{p}, service: s, rate_limit: {{ requests_per_second: 10 }}, access: {{ allow: [10.0.0.0/8] }} }}\n"
+            ));
+        }
+    }
+    let path = dir.join("gatehouse.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut g = c.benchmark_group("config");
+    g.sample_size(10);
+    g.bench_function("load_and_compile_10k_routes", |b| {
+        b.iter(|| gatehouse::config::load_runtime(&path, None).unwrap().routes.len())
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, bench, compile);
 criterion_main!(benches);
