@@ -78,7 +78,9 @@ fn compile(c: &mut Criterion) {
         "listen: { http: [\"127.0.0.1:8080\"] }\nservices: { s: { targets: [\"127.0.0.1:9000\"] } }\ningresses:\n  - rules:\n",
     );
     for h in 0..1_000 {
-        yaml.push_str(&format!("      - host: svc{h}.example.com\n        paths:\n"));
+        yaml.push_str(&format!(
+            "      - host: svc{h}.example.com\n        paths:\n"
+        ));
         for p in 0..10 {
             yaml.push_str(&format!(
                 "          - {{ path: /api/v{p}, service: s, rate_limit: {{ requests_per_second: 10 }}, access: {{ allow: [10.0.0.0/8] }} }}\n"
@@ -90,7 +92,12 @@ fn compile(c: &mut Criterion) {
     let mut g = c.benchmark_group("config");
     g.sample_size(10);
     g.bench_function("load_and_compile_10k_routes", |b| {
-        b.iter(|| gatehouse::config::load_runtime(&path, None).unwrap().routes.len())
+        b.iter(|| {
+            gatehouse::config::load_runtime(&path, None)
+                .unwrap()
+                .routes
+                .len()
+        })
     });
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);
