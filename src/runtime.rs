@@ -69,6 +69,8 @@ pub struct Runtime {
     pub certificates: Vec<Arc<CertKey>>,
     /// ACME settings and the names it manages, when any ingress asks for them.
     pub acme: Option<AcmeConfig>,
+    /// Request line + headers above this get 431.
+    pub max_header_size: u64,
     /// Redirect every request on the HTTP listeners to https (ACME challenges excepted).
     pub https_redirect: Option<Redirect>,
     pub trusted_proxies: TrustedProxies,

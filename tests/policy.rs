@@ -330,3 +330,55 @@ async fn encoded_paths_cannot_bypass_access_rules() {
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
     assert_eq!(echo(body)["uri"], "/api/v1/y?q=%2F");
 }
+
+#[tokio::test]
+async fn oversized_headers_and_bodies_are_refused() {
+    let (gh, o) = proxied(
+        "          - { path: /small, service: s, max_body_size: 1k }\n          - { path: /, service: s }\n",
+        "limits: { max_header_size: 8k }\n",
+    )
+    .await;
+    let c = client();
+    let r = c
+        .get(gh.url("/"))
+        .header("x-big", "a".repeat(10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let r = c
+        .post(gh.url("/small"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(o.hits(), 0);
+    // A chunked body (no Content-Length) is counted as it streams.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(vec![b'x'; 700]), Ok(vec![b'y'; 700])];
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = c.post(gh.url("/small")).body(body).send().await;
+    assert!(r.map(|r| r.status().as_u16()).unwrap_or(413) == 413);
+    let r = c
+        .post(gh.url("/small"))
+        .body(vec![b'x'; 500])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(gh.url("/other"))
+        .body(vec![b'x'; 200_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out = check("limits: { max_body_size: 10x }\n", &[]);
+    assert!(
+        out.stderr
+            .contains("limits.max_body_size: \"10x\" is not a size"),
+        "{}",
+        out.stderr
+    );
+}

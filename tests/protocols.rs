@@ -66,7 +66,7 @@ async fn websocket_echo_outlives_the_read_timeout() {
 
 #[tokio::test]
 async fn websocket_idle_timeout_closes_a_silent_connection() {
-    let gh = ws_gatehouse("websocket_idle: 300ms").await;
+    let gh = ws_gatehouse("websocket_idle: 1s").await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", gh.port))
         .await
         .unwrap();

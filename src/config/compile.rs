@@ -2,7 +2,7 @@
 //! EVERY error with its file and YAML path. After this, runtime code meets no strings where a
 //! type fits. Imports: schema, routing, upstream, runtime.
 
-use super::compile_policy::{cidrs, compile_policy, header_pairs, redirect};
+use super::compile_policy::{cidrs, compile_policy, header_pairs, redirect, size};
 use super::compile_tls::{compile_acme, compile_tls};
 use super::load::{Loaded, Sourced};
 use super::schema::*;
@@ -23,6 +23,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// nginx's `client_max_body_size` is 1 MiB; uploads through an edge proxy are often larger.
+const DEFAULT_MAX_BODY: u64 = 100 << 20;
+/// Request line and headers together, like nginx's `large_client_header_buffers 4 8k`.
+const DEFAULT_MAX_HEADER: u64 = 32 << 10;
 
 /// Collects errors for one file.
 pub(super) struct Errs<'a> {
@@ -126,10 +131,25 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         }
     }
     let known: Vec<&str> = loaded.services.keys().map(String::as_str).collect();
+    let mut e = Errs {
+        file: &loaded.main_file,
+        out: &mut errors,
+    };
+    let limits = &main.limits;
+    let max_body_size = limits.max_body_size.as_ref().map_or(DEFAULT_MAX_BODY, |s| {
+        size(s, "limits.max_body_size", &mut e, DEFAULT_MAX_BODY)
+    });
+    let max_header_size = limits
+        .max_header_size
+        .as_ref()
+        .map_or(DEFAULT_MAX_HEADER, |s| {
+            size(s, "limits.max_header_size", &mut e, DEFAULT_MAX_HEADER)
+        });
     let ctx = RouteCtx {
         pool_ids: &pool_ids,
         known_services: &known,
         previous,
+        max_body_size,
     };
     let (router, routes) = compile_ingresses(&loaded.ingresses, &ctx, &mut errors);
 
@@ -176,6 +196,7 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         tls_preset,
         certificates,
         acme,
+        max_header_size,
         https_redirect: main
             .listen
             .https_redirect
@@ -604,6 +625,7 @@ struct RouteCtx<'a> {
     pool_ids: &'a HashMap<String, PoolId>,
     known_services: &'a [&'a str],
     previous: Option<&'a Runtime>,
+    max_body_size: u64,
 }
 
 fn compile_ingresses(
@@ -732,7 +754,7 @@ fn compile_path(
             None
         }
     };
-    let policy = compile_policy(p, at, route_name, ctx.previous, e);
+    let policy = compile_policy(p, at, route_name, ctx.previous, ctx.max_body_size, e);
     let proxied = matches!(action, Some(RouteAction::Proxy(_)));
     if e.out.len() == before && !proxied {
         if p.rewrite.is_some() {

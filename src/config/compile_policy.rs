@@ -3,7 +3,7 @@
 
 use super::compile::Errs;
 use super::schema::{
-    AccessSpec, HeaderEditsSpec, PathSpec, RateLimitSpec, RedirectSpec, RewriteSpec,
+    AccessSpec, HeaderEditsSpec, PathSpec, RateLimitSpec, RedirectSpec, RewriteSpec, SizeSpec,
 };
 use crate::policy::access::CidrSet;
 use crate::policy::{
@@ -32,14 +32,53 @@ pub(super) fn cidrs(list: &[String], at: &str, e: &mut Errs) -> CidrSet {
 }
 
 /// The policy of one path. `previous` lends its rate limiter state to an unchanged route.
+/// A size in bytes: an integer, or a string with a `k`, `m` or `g` unit (powers of 1024).
+pub(super) fn size(spec: &SizeSpec, at: &str, e: &mut Errs, default: u64) -> u64 {
+    let parsed = match spec {
+        SizeSpec::Bytes(n) => u64::try_from(*n).ok(),
+        SizeSpec::Text(t) => {
+            let t = t.trim().to_ascii_lowercase();
+            let t = t.strip_suffix('b').unwrap_or(&t);
+            let (num, mult) = match t.chars().last() {
+                Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+                Some('m') => (&t[..t.len() - 1], 1 << 20),
+                Some('g') => (&t[..t.len() - 1], 1 << 30),
+                _ => (t, 1),
+            };
+            num.trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(mult))
+        }
+    };
+    match parsed {
+        Some(n) if n > 0 => n,
+        _ => {
+            let shown = match spec {
+                SizeSpec::Bytes(n) => n.to_string(),
+                SizeSpec::Text(t) => format!("{t:?}"),
+            };
+            e.push(
+                at,
+                format!("{shown} is not a size; write bytes or e.g. \"512k\", \"10m\", \"1g\""),
+            );
+            default
+        }
+    }
+}
+
 pub(super) fn compile_policy(
     p: &PathSpec,
     at: &str,
     route_name: &str,
     previous: Option<&Runtime>,
+    default_body: u64,
     e: &mut Errs,
 ) -> Policy {
     Policy {
+        max_body_size: p.max_body_size.as_ref().map_or(default_body, |s| {
+            size(s, &format!("{at}.max_body_size"), e, default_body)
+        }),
         access: p
             .access
             .as_ref()

@@ -26,12 +26,31 @@ pub struct ConfigSpec {
     pub access_log: Option<AccessLogSpec>,
     #[serde(default)]
     pub tls: TlsSpec,
+    #[serde(default)]
+    pub limits: LimitsSpec,
     /// Error log level: error, warn, info, debug, trace. `RUST_LOG` overrides it.
     pub log_level: Option<String>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
     #[serde(default)]
     pub ingresses: Vec<IngressSpec>,
+}
+
+/// Sizes are bytes, or strings with a unit: `512k`, `10m`, `1g` (powers of 1024).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSpec {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Largest request body (413 above it); a path's `max_body_size` overrides it.
+    pub max_body_size: Option<SizeSpec>,
+    /// Largest request line + header block (431 above it).
+    pub max_header_size: Option<SizeSpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,6 +274,7 @@ pub struct PathSpec {
     pub request_headers: Option<HeaderEditsSpec>,
     pub response_headers: Option<HeaderEditsSpec>,
     pub rewrite: Option<RewriteSpec>,
+    pub max_body_size: Option<SizeSpec>,
 }
 
 #[derive(Debug, Deserialize)]

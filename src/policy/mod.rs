@@ -31,4 +31,6 @@ pub struct Policy {
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     pub rewrite: Option<Rewrite>,
+    /// Largest request body accepted (413 above it).
+    pub max_body_size: u64,
 }

@@ -45,6 +45,8 @@ pub struct Ctx {
     /// When the current upstream attempt began, and when its response header arrived.
     pub upstream_start: Option<Instant>,
     pub upstream_time: Option<std::time::Duration>,
+    /// Request body bytes read so far (for the body size limit of chunked bodies).
+    pub body_bytes: u64,
     _in_flight: InFlight,
 }
 
@@ -64,6 +66,7 @@ impl Ctx {
             started_at: SystemTime::now(),
             upstream_start: None,
             upstream_time: None,
+            body_bytes: 0,
             _in_flight: InFlight::new(),
         }
     }

@@ -43,6 +43,17 @@ pub async fn acme_challenge(
 pub async fn run(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     identify(session, ctx);
     let req = session.req_header();
+    let header_size: usize = req.raw_path().len()
+        + req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if header_size as u64 > ctx.rt.max_header_size {
+        session.set_keepalive(None);
+        respond::error(session, ctx, 431).await?;
+        return Ok(true);
+    }
     let path = match normalize(req.uri.path()) {
         Ok(Cow::Borrowed(_)) => req.uri.path().to_string(),
         Ok(Cow::Owned(p)) => {
@@ -85,6 +96,17 @@ pub async fn run(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     };
     ctx.route = Some(route);
     if enforce(session, ctx).await? {
+        return Ok(true);
+    }
+    let limit = ctx.rt.route(route).policy.max_body_size;
+    let declared = session.req_header().headers.get(header::CONTENT_LENGTH);
+    if declared
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > limit)
+    {
+        // The body will not be read: close after answering.
+        session.set_keepalive(None);
+        respond::error(session, ctx, 413).await?;
         return Ok(true);
     }
     let rt = ctx.rt.clone();

@@ -52,6 +52,24 @@ impl ProxyHttp for Gatehouse {
         filter::run(session, ctx).await
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx
+            .route()
+            .is_some_and(|r| ctx.body_bytes > r.policy.max_body_size)
+        {
+            session.set_keepalive(None);
+            return Err(status_error(413, "request body larger than max_body_size"));
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
