@@ -207,20 +207,6 @@ async fn start_gatehouse(yaml: String, ports: Option<(u16, u16)>) -> (Setup, tem
     )
 }
 
-async fn metric(gh: &Gatehouse, series: &str) -> f64 {
-    let text = client()
-        .get(gh.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 async fn https_get(root: &reqwest::Certificate, https: SocketAddr) -> Result<String, String> {
     let c = reqwest::Client::builder()
         .no_proxy()
@@ -259,7 +245,10 @@ async fn issues_over_http01_serves_it_and_reuses_it_after_a_restart() {
     assert!(served, "no ACME certificate served:\n{}", s.gh.log());
     assert_eq!(origin_of(&https_get(&root, s.https).await.unwrap()), "app");
     assert_eq!(
-        metric(&s.gh, r#"gatehouse_acme_orders_total{result="success"}"#).await,
+        metric(
+            &s.gh.metrics().await,
+            r#"gatehouse_acme_orders_total{result="success"}"#
+        ),
         1.0
     );
     let key = storage.path().join("certs/shop.test.key");
@@ -282,7 +271,10 @@ async fn issues_over_http01_serves_it_and_reuses_it_after_a_restart() {
     .await;
     assert!(served, "{}", s.gh.log());
     assert_eq!(
-        metric(&s.gh, r#"gatehouse_acme_orders_total{result="success"}"#).await,
+        metric(
+            &s.gh.metrics().await,
+            r#"gatehouse_acme_orders_total{result="success"}"#
+        ),
         0.0
     );
     assert!(
@@ -313,7 +305,10 @@ async fn renews_when_inside_the_window() {
     );
     let (s, _keep) = start_gatehouse(yaml, Some((http, https))).await;
     let renewed = eventually(Duration::from_secs(30), async || {
-        metric(&s.gh, r#"gatehouse_acme_orders_total{result="success"}"#).await >= 2.0
+        metric(
+            &s.gh.metrics().await,
+            r#"gatehouse_acme_orders_total{result="success"}"#,
+        ) >= 2.0
     })
     .await;
     assert!(renewed, "{}", s.gh.log());
@@ -341,7 +336,10 @@ async fn an_unreachable_ca_backs_off_and_the_proxy_keeps_serving() {
     )
     .await;
     let failed = eventually(Duration::from_secs(15), async || {
-        metric(&s.gh, r#"gatehouse_acme_orders_total{result="failure"}"#).await >= 3.0
+        metric(
+            &s.gh.metrics().await,
+            r#"gatehouse_acme_orders_total{result="failure"}"#,
+        ) >= 3.0
     })
     .await;
     assert!(failed, "{}", s.gh.log());
@@ -356,11 +354,9 @@ async fn an_unreachable_ca_backs_off_and_the_proxy_keeps_serving() {
     );
     assert!(
         metric(
-            &s.gh,
+            &s.gh.metrics().await,
             r#"gatehouse_acme_last_error_timestamp_seconds{name="shop.test"}"#
-        )
-        .await
-            > 0.0
+        ) > 0.0
     );
     // Plain HTTP and the TLS fallback keep working meanwhile.
     assert_eq!(

@@ -7,6 +7,7 @@
 mod compile;
 mod compile_policy;
 mod compile_tls;
+mod compile_upstream;
 mod load;
 pub mod schema;
 

@@ -300,6 +300,18 @@ impl Gatehouse {
         format!("http://127.0.0.1:{}{}", self.admin_port, path)
     }
 
+    /// The Prometheus text from the admin listener.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The OS process id of the gatehouse this harness started.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -376,4 +388,12 @@ pub fn origin_of(body: &str) -> String {
 /// Parse an echo body.
 pub fn echo(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|_| panic!("not an echo body: {body}"))
+}
+
+/// The value of one series (name with its labels, as rendered) in a Prometheus text; 0 when
+/// the series is absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }
