@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
 
@@ -74,6 +75,11 @@ pub fn build_server(
     let listen_https = rt.listen_https.clone();
     let preset = rt.tls_preset;
     let admin_addr = rt.admin;
+    let streams: Vec<(String, std::net::SocketAddr)> = rt
+        .streams
+        .iter()
+        .map(|s| (s.name.clone(), s.listen))
+        .collect();
     let control = Control::new(rt, config_path)?;
     let mut http = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -89,6 +95,12 @@ pub fn build_server(
         http.add_tls_with_settings(&addr.to_string(), None, settings);
     }
     server.add_service(http);
+    for (name, listen) in streams {
+        let app = stream::StreamProxy::new(name.clone(), control.state.clone());
+        let mut svc = pingora::services::listening::Service::new(format!("stream {name}"), app);
+        svc.add_tcp(&listen.to_string());
+        server.add_service(svc);
+    }
     if let Some(addr) = admin_addr {
         let mut admin = pingora::services::listening::Service::new(
             "gatehouse admin".to_string(),

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub certificate_expiry: IntGaugeVec,
     pub acme_orders: IntCounterVec,
     pub acme_last_error: IntGaugeVec,
+    pub stream_connections: IntCounterVec,
+    pub stream_bytes: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -224,6 +226,18 @@ impl Metrics {
                 "gatehouse_acme_last_error_timestamp_seconds",
                 "When the last ACME attempt for a name failed (0: last attempt succeeded).",
                 &["name"],
+            ),
+            stream_connections: counter(
+                &r,
+                "gatehouse_stream_connections_total",
+                "TCP stream connections, by stream and result (proxied, no_backend).",
+                &["stream", "result"],
+            ),
+            stream_bytes: counter(
+                &r,
+                "gatehouse_stream_bytes_total",
+                "TCP stream bytes, by stream and direction (upstream, downstream).",
+                &["stream", "direction"],
             ),
             registry: r,
         }

@@ -7,6 +7,7 @@ use crate::access_log::AccessLog;
 use crate::acme::AcmeConfig;
 use crate::policy::{Policy, Redirect, TrustedProxies};
 use crate::routing::{HostPattern, RouteId, Router};
+use crate::stream::StreamConfig;
 use crate::tls::{CertKey, Preset};
 use crate::upstream::{Pool, PoolId};
 use bytes::Bytes;
@@ -69,6 +70,8 @@ pub struct Runtime {
     pub certificates: Vec<Arc<CertKey>>,
     /// ACME settings and the names it manages, when any ingress asks for them.
     pub acme: Option<AcmeConfig>,
+    /// TCP stream listeners.
+    pub streams: Vec<StreamConfig>,
     /// Request line + headers above this get 431.
     pub max_header_size: u64,
     /// Redirect every request on the HTTP listeners to https (ACME challenges excepted).
@@ -103,6 +106,15 @@ impl Runtime {
         }
         if self.listen_https != next.listen_https || self.tls_preset != next.tls_preset {
             why.push("listen.https or tls.preset changed".to_string());
+        }
+        let listens = |rt: &Runtime| {
+            rt.streams
+                .iter()
+                .map(|s| (s.name.clone(), s.listen))
+                .collect::<Vec<_>>()
+        };
+        if listens(self) != listens(next) {
+            why.push("streams (names or listeners) changed".to_string());
         }
         if self.admin != next.admin {
             why.push("admin changed".to_string());
@@ -164,6 +176,14 @@ impl Runtime {
                 RouteAction::Redirect(r) => format!("-> redirect {}", r.code.as_u16()),
             };
             let _ = writeln!(s, "  {} {} {}  [{}]", r.host, r.path, target, r.name);
+        }
+        for st in &self.streams {
+            let pool = &self.pool(st.pool).config.name;
+            let _ = writeln!(
+                s,
+                "stream {} {} -> pool {pool} (idle {:?})",
+                st.name, st.listen, st.idle_timeout
+            );
         }
         let _ = writeln!(s, "{} pools:", self.pools.len());
         for p in &self.pools {

@@ -90,3 +90,82 @@ async fn websocket_idle_timeout_closes_a_silent_connection() {
         "a silent WebSocket was not closed after websocket_idle"
     );
 }
+
+/// A TCP server that echoes every byte back.
+async fn tcp_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tcp_stream_pipes_bytes_and_skips_a_dead_member() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tcp_echo().await;
+    let (dead, listen) = (free_port(), free_port());
+    let gh = Gatehouse::start(&format!(
+        "services: {{ tcp: {{ targets: [\"127.0.0.1:{dead}\", \"{echo}\"], retries: 1 }} }}\nstreams: [{{ name: echo, listen: \"127.0.0.1:{listen}\", service: tcp, idle_timeout: 2s }}]\n"
+    ))
+    .await;
+    for i in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", listen))
+            .await
+            .unwrap();
+        let msg = format!("hello {i}\n").repeat(1000);
+        s.write_all(msg.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap(); // half-close: the echo still comes back
+        let mut back = String::new();
+        s.read_to_string(&mut back).await.unwrap();
+        assert_eq!(back, msg, "connection {i}");
+    }
+    // Counted when each connection ends, which may be just after the client saw its echo.
+    let counted = eventually(Duration::from_secs(5), async || {
+        let text = gh.metrics().await;
+        metric(
+            &text,
+            r#"gatehouse_stream_connections_total{result="proxied",stream="echo"}"#,
+        ) == 4.0
+            && metric(
+                &text,
+                r#"gatehouse_stream_bytes_total{direction="upstream",stream="echo"}"#,
+            ) == 32_000.0
+            && metric(
+                &text,
+                r#"gatehouse_stream_bytes_total{direction="downstream",stream="echo"}"#,
+            ) == 32_000.0
+    });
+    assert!(counted.await, "{}", gh.metrics().await);
+    let summary = gatehouse_cmd(&["check", "-c", gh.config.to_str().unwrap()]);
+    assert!(
+        summary
+            .stdout
+            .contains(&format!("stream echo 127.0.0.1:{listen} -> pool tcp")),
+        "{}",
+        summary.stdout
+    );
+}
+
+#[tokio::test]
+async fn tcp_stream_idle_timeout_closes_silent_connections() {
+    use tokio::io::AsyncReadExt;
+    let echo = tcp_echo().await;
+    let listen = free_port();
+    let _gh = Gatehouse::start(&format!(
+        "services: {{ tcp: {{ targets: [\"{echo}\"] }} }}\nstreams: [{{ name: echo, listen: \"127.0.0.1:{listen}\", service: tcp, idle_timeout: 300ms }}]\n"
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", listen))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+}

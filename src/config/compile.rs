@@ -13,6 +13,7 @@ use crate::policy::Policy;
 use crate::policy::TrustedProxies;
 use crate::routing::{HostPattern, PathPattern, RouteId, Router};
 use crate::runtime::{DirectResponse, Route, RouteAction, Runtime, ServerSettings};
+use crate::stream::StreamConfig;
 use crate::upstream::{Pool, PoolId};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -153,6 +154,11 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         max_body_size,
     };
     let (router, routes) = compile_ingresses(&loaded.ingresses, &ctx, &mut errors);
+    let mut e = Errs {
+        file: &loaded.main_file,
+        out: &mut errors,
+    };
+    let streams = compile_streams(&main.streams, &pool_ids, &known, &listen_http, &mut e);
 
     let mut pools = Vec::with_capacity(pool_configs.len());
     for cfg in pool_configs {
@@ -182,7 +188,8 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
     for (name, id) in &pool_ids {
         let used = routes
             .iter()
-            .any(|r| matches!(r.action, RouteAction::Proxy(p) if p == *id));
+            .any(|r| matches!(r.action, RouteAction::Proxy(p) if p == *id))
+            || streams.iter().any(|s| s.pool == *id);
         if !used {
             warnings.push(format!("service {name:?} is not used by any route"));
         }
@@ -198,6 +205,7 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         certificates,
         acme,
         max_header_size,
+        streams,
         https_redirect: main
             .listen
             .https_redirect
@@ -226,6 +234,59 @@ fn default_server() -> ServerSettings {
         upstream_keepalive_pool_size: 128,
         error_log: None,
     }
+}
+
+fn compile_streams(
+    specs: &[StreamSpec],
+    pool_ids: &HashMap<String, PoolId>,
+    known: &[&str],
+    http: &[SocketAddr],
+    e: &mut Errs,
+) -> Vec<StreamConfig> {
+    let mut out: Vec<StreamConfig> = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let at = format!("streams[{i}]");
+        let before = e.out.len();
+        if out.iter().any(|o| o.name == s.name) {
+            e.push(
+                format!("{at}.name"),
+                format!("stream name {:?} is used twice", s.name),
+            );
+        }
+        let listen = s.listen.parse::<SocketAddr>().map_err(|_| {
+            e.push(
+                format!("{at}.listen"),
+                format!("{:?} is not an IP:port address", s.listen),
+            )
+        });
+        if let Ok(l) = listen {
+            if http.contains(&l) || out.iter().any(|o| o.listen == l) {
+                e.push(format!("{at}.listen"), format!("{l} is already a listener"));
+            }
+        }
+        let pool = match pool_ids.get(&s.service) {
+            Some(p) => Some(*p),
+            None if known.contains(&s.service.as_str()) => None,
+            None => {
+                e.push(
+                    format!("{at}.service"),
+                    format!("no service named {:?}", s.service),
+                );
+                None
+            }
+        };
+        let idle = positive_duration(&s.idle_timeout, Duration::from_secs(600));
+        let idle_timeout = e.take(idle, format!("{at}.idle_timeout"), Duration::from_secs(600));
+        if let (Ok(listen), Some(pool), true) = (listen, pool, e.out.len() == before) {
+            out.push(StreamConfig {
+                name: s.name.clone(),
+                listen,
+                pool,
+                idle_timeout,
+            });
+        }
+    }
+    out
 }
 
 fn compile_admin(raw: Option<&str>, e: &mut Errs) -> Option<SocketAddr> {

@@ -34,6 +34,19 @@ pub struct ConfigSpec {
     pub services: BTreeMap<String, ServiceSpec>,
     #[serde(default)]
     pub ingresses: Vec<IngressSpec>,
+    #[serde(default)]
+    pub streams: Vec<StreamSpec>,
+}
+
+/// A raw TCP listener piped to a service's backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    pub name: String,
+    pub listen: String,
+    pub service: String,
+    /// Close the connection when nothing moved either way for this long (default 10m).
+    pub idle_timeout: Option<String>,
 }
 
 /// Sizes are bytes, or strings with a unit: `512k`, `10m`, `1g` (powers of 1024).
