@@ -169,3 +169,39 @@ async fn tcp_stream_idle_timeout_closes_silent_connections() {
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
 }
+
+#[tokio::test]
+async fn smuggling_probes_are_refused_and_never_reach_the_origin() {
+    let o = Origin::start("o").await;
+    let gh = Gatehouse::start(&format!(
+        "services: {{ s: {{ targets: [\"{}\"] }} }}\ningresses: [{{ rules: [{{ paths: [{{ path: /, service: s }}] }}] }}]\n",
+        o.addr
+    ))
+    .await;
+    let probes: [(&str, &[u8]); 8] = [
+        ("CL and TE", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("duplicate CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        ("obfuscated TE", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+        ("space before colon", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        ("bare LF", b"GET / HTTP/1.1\nHost: a\n\n"),
+        ("invalid chunk size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ("TE list", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+        ("negative CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"),
+    ];
+    for (name, probe) in probes {
+        let before = o.hits();
+        let resp = gh.raw(probe).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{name}: {resp}");
+        // A bad chunk is found while the body streams, after the origin got the headers; the
+        // body is re-framed chunk by chunk, so nothing ambiguous passes, and the upstream
+        // connection is dropped. Every other probe is refused before any upstream contact.
+        if name != "invalid chunk size" {
+            assert_eq!(o.hits(), before, "{name} reached the origin");
+        }
+    }
+    // A well-formed chunked request still goes through.
+    let ok = gh
+        .raw(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}

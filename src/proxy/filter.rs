@@ -42,6 +42,12 @@ pub async fn acme_challenge(
 /// Run the whole filter. `Ok(true)` means a response was sent.
 pub async fn run(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     identify(session, ctx);
+    if ambiguous_framing(session) {
+        // Never forward a request whose end two parsers could see differently.
+        session.set_keepalive(None);
+        respond::error(session, ctx, 400).await?;
+        return Ok(true);
+    }
     let req = session.req_header();
     let header_size: usize = req.raw_path().len()
         + req
@@ -126,6 +132,31 @@ pub async fn run(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// Request smuggling guards Pingora leaves to us: both Content-Length and Transfer-Encoding
+/// (RFC 9112 lets a proxy reject it, and gatehouse does), and header lines ended by a bare LF
+/// (which a backend might split differently). Pingora itself refuses duplicate or invalid
+/// Content-Length, unknown transfer codings and malformed chunks.
+fn ambiguous_framing(session: &Session) -> bool {
+    // Read the bytes as received: Pingora already dropped Content-Length from the parsed
+    // headers when Transfer-Encoding is present.
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    let raw = h1.get_headers_raw_bytes();
+    if raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
+    {
+        return true;
+    }
+    let has = |name: &[u8]| {
+        raw.split(|&b| b == b'\n')
+            .any(|line| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name))
+    };
+    has(b"content-length:") && has(b"transfer-encoding:")
 }
 
 /// The client IP (trusted proxies only) and the request id.
