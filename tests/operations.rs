@@ -42,14 +42,7 @@ ingresses:
     assert_eq!(get_host(&c, &gh.url("/limited"), "shop.test").await.0, 200);
     assert_eq!(get_host(&c, &gh.url("/limited"), "shop.test").await.0, 429);
     assert_eq!(get_host(&c, &gh.url("/private"), "shop.test").await.0, 403);
-    let text = c
-        .get(gh.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gh.metrics().await;
     let get = |s: &str| metric(&text, s);
     assert_eq!(
         get(r#"gatehouse_requests_total{method="GET",route="shop/shop.test/",status="2xx"}"#),
@@ -103,14 +96,7 @@ ingresses:
         o.addr
     );
     let checked = eventually(Duration::from_secs(5), async || {
-        let text = c
-            .get(gh.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = gh.metrics().await;
         metric(&text, &checks) >= 1.0
     });
     assert!(checked.await, "no successful health check counted");
@@ -370,14 +356,7 @@ async fn reload_under_load_switches_routing_without_a_failed_request() {
         &failed[..failed.len().min(5)]
     );
     assert_eq!(seen, ["a", "b", "a"], "routing did not follow the reloads");
-    let text = c
-        .get(gh.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gh.metrics().await;
     assert_eq!(
         metric(&text, r#"gatehouse_config_reloads_total{result="success"}"#),
         2.0

@@ -92,14 +92,7 @@ async fn sni_picks_exact_wildcard_default_and_speaks_h2() {
         .send()
         .await
         .is_err());
-    let text = client()
-        .get(gh.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gh.metrics().await;
     for rule in ["exact", "wildcard", "default"] {
         assert!(
             text.contains(&format!(

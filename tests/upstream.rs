@@ -329,14 +329,7 @@ ingresses:
         assert_eq!(get_host(&c, &gh.url("/refused"), "x").await.0, 200);
     }
     // Only the first request met the refused backend; then it was ejected.
-    let text = c
-        .get(gh.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gh.metrics().await;
     assert!(
         text.contains("gatehouse_upstream_retries_total{pool=\"refused\"} 1\n"),
         "{text}"
