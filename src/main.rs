@@ -78,7 +78,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // RUST_LOG, when set, decides; otherwise the configuration's log_level does (at startup
     // and on every reload).
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace")).init();
+    // pingora_load_balancing logs each health flip with a dump of the peer options; gatehouse
+    // logs the same event in one line (`pool api: backend ... is unhealthy`).
+    let default_filter = "trace,pingora_load_balancing=error";
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
+        .init();
     if std::env::var_os("RUST_LOG").is_none() {
         log::set_max_level(log::LevelFilter::Info);
     }
