@@ -3,7 +3,7 @@
 //! A reload compiles the file again off the async runtime, carrying over unchanged pools
 //! (health state), rate limiters (counters) and the access log, then swaps the new runtime
 //! in atomically. Requests in flight keep the snapshot they started with. A configuration that
-//! fails to load changes nothing. Imports: config, runtime, upstream, metrics.
+//! fails to load changes nothing. Imports: config, runtime, upstream, tls, acme, metrics.
 
 use crate::acme::{self, AcmeConfig, AcmeHost, Challenges};
 use crate::config::{self, ConfigError, ConfigErrors};
@@ -11,41 +11,10 @@ use crate::runtime::Runtime;
 use crate::tls::{CertKey, CertStore};
 use crate::{metrics, upstream};
 use arc_swap::ArcSwap;
-use pingora::server::ExecutionPhase;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
-
-/// Set once the process starts to drain (binary upgrade or graceful stop): from then on every
-/// response closes its connection, so active clients move to the new process cleanly instead
-/// of meeting a keep-alive connection closed under them when the old process stops.
-static DRAINING: AtomicBool = AtomicBool::new(false);
-
-pub fn draining() -> bool {
-    DRAINING.load(Ordering::Relaxed)
-}
-
-/// Follow Pingora's execution phases and raise [`draining`] when the process starts to leave.
-pub async fn watch_phases(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match phases.recv().await {
-            Ok(
-                ExecutionPhase::GracefulUpgradeTransferringFds
-                | ExecutionPhase::GracefulUpgradeCloseTimeout
-                | ExecutionPhase::GracefulTerminate
-                | ExecutionPhase::ShutdownStarted,
-            ) => {
-                if !DRAINING.swap(true, Ordering::Relaxed) {
-                    log::info!("draining: responses now close their connections");
-                }
-            }
-            Ok(_) | Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => break,
-        }
-    }
-}
 
 /// What a successful reload did.
 #[derive(Debug)]

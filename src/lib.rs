@@ -134,7 +134,7 @@ impl BackgroundService for Supervisor {
         self.control.start_background();
         let phases = self.phases.lock().ok().and_then(|mut p| p.take());
         if let Some(phases) = phases {
-            tokio::spawn(control::watch_phases(phases));
+            tokio::spawn(proxy::watch_phases(phases));
         }
         let mut tick = tokio::time::interval(EVICT_EVERY);
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

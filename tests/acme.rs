@@ -304,13 +304,13 @@ async fn renews_when_inside_the_window() {
         "check_interval: 1s\n    renew_before: 2h",
     );
     let (s, _keep) = start_gatehouse(yaml, Some((http, https))).await;
-    let renewed = eventually(Duration::from_secs(30), async || {
-        metric(
-            &s.gh.metrics().await,
+    let renewed =
+        s.gh.metric_reaches(
             r#"gatehouse_acme_orders_total{result="success"}"#,
-        ) >= 2.0
-    })
-    .await;
+            2.0,
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(renewed, "{}", s.gh.log());
     let root = pebble.issuing_root().await;
     assert!(https_get(&root, s.https).await.is_ok());
@@ -335,13 +335,13 @@ async fn an_unreachable_ca_backs_off_and_the_proxy_keeps_serving() {
         None,
     )
     .await;
-    let failed = eventually(Duration::from_secs(15), async || {
-        metric(
-            &s.gh.metrics().await,
+    let failed =
+        s.gh.metric_reaches(
             r#"gatehouse_acme_orders_total{result="failure"}"#,
-        ) >= 3.0
-    })
-    .await;
+            3.0,
+            Duration::from_secs(15),
+        )
+        .await;
     assert!(failed, "{}", s.gh.log());
     let log = s.gh.log();
     assert!(

@@ -95,11 +95,10 @@ ingresses:
         r#"gatehouse_health_checks_total{{backend="{}",pool="s",result="success"}}"#,
         o.addr
     );
-    let checked = eventually(Duration::from_secs(5), async || {
-        let text = gh.metrics().await;
-        metric(&text, &checks) >= 1.0
-    });
-    assert!(checked.await, "no successful health check counted");
+    let checked = gh
+        .metric_reaches(&checks, 1.0, Duration::from_secs(5))
+        .await;
+    assert!(checked, "no successful health check counted");
     assert!(text.contains("process_resident_memory_bytes"), "{text}");
     assert_eq!(get("gatehouse_requests_in_flight"), 0.0);
     // The test client keeps its keep-alive connection open: at least one is established.
@@ -146,14 +145,7 @@ async fn health_ready_and_status_endpoints() {
         405
     );
     let down_seen = eventually(Duration::from_secs(5), async || {
-        let s: serde_json::Value = c
-            .get(gh.admin_url("/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: serde_json::Value = gh.status().await;
         s["pools"][0]["backends"]
             .as_array()
             .unwrap()
@@ -162,14 +154,7 @@ async fn health_ready_and_status_endpoints() {
     })
     .await;
     assert!(down_seen);
-    let s: serde_json::Value = c
-        .get(gh.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: serde_json::Value = gh.status().await;
     assert_eq!(s["routes"][0]["name"], "app/a.test/");
     assert_eq!(s["routes"][0]["target"]["service"], "s");
     assert_eq!(s["pools"][0]["name"], "s");
@@ -379,18 +364,9 @@ async fn reload_keeps_health_state_and_reports_listener_changes() {
     };
     let gh = Gatehouse::start(&body("")).await;
     let c = client();
-    let status = async || -> serde_json::Value {
-        c.get(gh.admin_url("/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    };
     assert!(
-        eventually(Duration::from_secs(5), async || status().await["pools"][0]
-            ["backends"][1]["healthy"]
+        eventually(Duration::from_secs(5), async || gh.status().await["pools"]
+            [0]["backends"][1]["healthy"]
             == false)
         .await
     );
@@ -398,8 +374,11 @@ async fn reload_keeps_health_state_and_reports_listener_changes() {
     gh.rewrite_config(&body(", { path: /x, respond: { body: x } }"));
     let r = c.post(gh.admin_url("/reload")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(status().await["pools"][0]["backends"][1]["healthy"], false);
-    assert_eq!(status().await["routes"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        gh.status().await["pools"][0]["backends"][1]["healthy"],
+        false
+    );
+    assert_eq!(gh.status().await["routes"].as_array().unwrap().len(), 2);
     // A listener change cannot be applied by a reload, and says so.
     let text = std::fs::read_to_string(&gh.config).unwrap();
     std::fs::write(

@@ -145,18 +145,24 @@ fn ambiguous_framing(session: &Session) -> bool {
         return false;
     };
     let raw = h1.get_headers_raw_bytes();
-    if raw
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
-    {
-        return true;
+    // One pass over the lines: any not ended by CRLF, and whether both framings are present.
+    let (mut cl, mut te) = (false, false);
+    let mut start = 0;
+    for (i, &b) in raw.iter().enumerate() {
+        if b != b'\n' {
+            continue;
+        }
+        if i == 0 || raw[i - 1] != b'\r' {
+            return true;
+        }
+        let line = &raw[start..i];
+        let starts =
+            |name: &[u8]| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name);
+        cl |= starts(b"content-length:");
+        te |= starts(b"transfer-encoding:");
+        start = i + 1;
     }
-    let has = |name: &[u8]| {
-        raw.split(|&b| b == b'\n')
-            .any(|line| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name))
-    };
-    has(b"content-length:") && has(b"transfer-encoding:")
+    cl && te
 }
 
 /// The client IP (trusted proxies only) and the request id.

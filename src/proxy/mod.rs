@@ -2,10 +2,12 @@
 //! respond. Imports: routing, policy, upstream, runtime (and pingora). Nothing here knows YAML.
 
 mod ctx;
+mod drain;
 mod filter;
 mod respond;
 
 pub use ctx::Ctx;
+pub use drain::watch_phases;
 
 use crate::access_log::Entry;
 use crate::acme::Challenges;

@@ -35,7 +35,7 @@ pub async fn send(
 /// While the process drains (shutdown or upgrade), the response also closes the connection,
 /// so that the client's next request opens a new one to whichever process still accepts.
 pub fn prepare(session: &mut Session, resp: &mut ResponseHeader, ctx: &Ctx) {
-    if session.is_process_shutting_down() || crate::control::draining() {
+    if session.is_process_shutting_down() || super::drain::draining() {
         session.set_keepalive(None);
     }
     decorate(resp, ctx);

@@ -312,6 +312,26 @@ impl Gatehouse {
             .unwrap()
     }
 
+    /// The `/status` JSON from the admin listener.
+    pub async fn status(&self) -> serde_json::Value {
+        client()
+            .get(self.admin_url("/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Wait until the metric `series` reaches at least `min` (false after `timeout`).
+    pub async fn metric_reaches(&self, series: &str, min: f64, timeout: Duration) -> bool {
+        eventually(timeout, async || {
+            metric(&self.metrics().await, series) >= min
+        })
+        .await
+    }
+
     /// The OS process id of the gatehouse this harness started.
     pub fn pid(&self) -> u32 {
         self.child.id()
