@@ -208,7 +208,13 @@ impl Runtime {
             );
         }
         if let Some(a) = &self.acme {
-            let _ = writeln!(s, "ACME {} manages: {}", a.directory, a.names.join(", "));
+            let _ = writeln!(
+                s,
+                "ACME {} ({}) manages: {}",
+                a.directory,
+                a.challenge.as_str(),
+                a.names.join(", ")
+            );
         }
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");

@@ -181,6 +181,7 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         &loaded.ingresses,
         &mut errors,
         &loaded.main_file,
+        !listen_https.is_empty(),
     );
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));

@@ -4,7 +4,7 @@
 use super::compile::{duration, Errs};
 use super::load::Sourced;
 use super::schema::{AcmeSpec, IngressSpec, TlsSpec};
-use crate::acme::AcmeConfig;
+use crate::acme::{AcmeConfig, ChallengeKind};
 use crate::routing::HostPattern;
 use crate::tls::{CertKey, Preset};
 use std::path::{Path, PathBuf};
@@ -119,6 +119,7 @@ pub(super) fn compile_acme(
     ingresses: &[Sourced<IngressSpec>],
     errors: &mut Vec<super::ConfigError>,
     main_file: &Path,
+    has_https: bool,
 ) -> Option<AcmeConfig> {
     let mut names = Vec::new();
     for ing in ingresses {
@@ -156,7 +157,10 @@ pub(super) fn compile_acme(
                 Ok(HostPattern::Exact(n)) => names.push(n),
                 Ok(_) => e.push(
                     format!("{}.tls.hosts[{i}]", ing.yaml_path),
-                    format!("{h:?}: HTTP-01 cannot certify wildcards or catch-alls"),
+                    format!(
+                        "{h:?}: HTTP-01 and TLS-ALPN-01 cannot certify wildcards or catch-alls \
+                         (that takes DNS-01); list exact hosts or use a certificate file"
+                    ),
                 ),
                 Err(m) => e.push(format!("{}.tls.hosts[{i}]", ing.yaml_path), m),
             }
@@ -205,6 +209,26 @@ pub(super) fn compile_acme(
             );
         }
     }
+    let challenge = match spec.challenge.as_deref().unwrap_or("http-01") {
+        "http-01" => ChallengeKind::Http01,
+        "tls-alpn-01" => {
+            if !has_https {
+                e.push(
+                    "tls.acme.challenge",
+                    "tls-alpn-01 is answered on an HTTPS listener (port 443 for public CAs); \
+                     add one under `listen.https` or use http-01",
+                );
+            }
+            ChallengeKind::TlsAlpn01
+        }
+        other => {
+            e.push(
+                "tls.acme.challenge",
+                format!("{other:?}: write http-01 or tls-alpn-01"),
+            );
+            ChallengeKind::Http01
+        }
+    };
     let ca = spec.ca.as_ref().map(|c| base.join(c));
     if let Some(ca) = ca.as_ref().filter(|c| !c.is_file()) {
         e.push(
@@ -243,6 +267,7 @@ pub(super) fn compile_acme(
             Duration::from_secs(6 * 3600),
             &mut e,
         ),
+        challenge,
         names,
     })
 }

@@ -92,6 +92,8 @@ pub struct AcmeSpec {
     pub check_interval: Option<String>,
     pub min_retry: Option<String>,
     pub max_retry: Option<String>,
+    /// `http-01` (default) or `tls-alpn-01`.
+    pub challenge: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

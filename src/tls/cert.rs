@@ -86,6 +86,29 @@ impl CertKey {
         let key = ck.key_pair.serialize_pem();
         CertKey::from_pem(cert.as_bytes(), key.as_bytes(), Source::Fallback)
     }
+
+    /// The TLS-ALPN-01 validation certificate for `name` (RFC 8737 §3): self-signed, the name
+    /// as its only SAN, and the SHA-256 digest of the key authorization in the critical
+    /// `acmeIdentifier` extension.
+    pub fn tls_alpn_challenge(
+        name: &str,
+        key_authorization_digest: &[u8],
+    ) -> Result<CertKey, String> {
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params =
+            rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::new_acme_identifier(
+                key_authorization_digest,
+            ));
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        CertKey::from_pem(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            Source::Acme,
+        )
+    }
 }
 
 fn names_of(cert: &X509) -> Vec<String> {

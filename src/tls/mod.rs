@@ -8,7 +8,7 @@ pub use cert::{CertKey, Source};
 pub use store::{CertStore, Pick};
 
 use async_trait::async_trait;
-use openssl::ssl::{NameType, SslVersion};
+use openssl::ssl::{select_next_proto, AlpnError, NameType, SslVersion};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{TlsAccept, TlsAcceptCallbacks};
 use pingora::protocols::tls::TlsRef;
@@ -60,8 +60,32 @@ pub fn listener_settings(store: Arc<CertStore>, preset: Preset) -> pingora::Resu
             settings.set_cipher_list(OLD_CIPHERS).map_err(tls_err)?;
         }
     }
-    settings.enable_h2();
+    // Pingora's `enable_h2()` with one addition: `acme-tls/1`, which only ACME validators
+    // offer (RFC 8737), so that TLS-ALPN-01 can be answered on this listener.
+    settings.set_alpn_select_callback(|_, offered| {
+        select_next_proto(ACME_TLS_ALPN, offered)
+            .or_else(|| select_next_proto(H2_H1, offered))
+            .ok_or(AlpnError::NOACK)
+    });
     Ok(settings)
+}
+
+/// The ALPN protocol of TLS-ALPN-01 validation handshakes, in wire format.
+const ACME_TLS_ALPN: &[u8] = b"\x0aacme-tls/1";
+const H2_H1: &[u8] = b"\x02h2\x08http/1.1";
+
+fn install(ssl: &mut TlsRef, cert: &CertKey, sni: Option<&str>, m: &crate::metrics::Metrics) {
+    let installed = ext::ssl_use_certificate(ssl, &cert.chain[0])
+        .and_then(|()| ext::ssl_use_private_key(ssl, &cert.key))
+        .and_then(|()| {
+            cert.chain[1..]
+                .iter()
+                .try_for_each(|c| ext::ssl_add_chain_cert(ssl, c))
+        });
+    if let Err(e) = installed {
+        log::error!("TLS: cannot use the certificate for {sni:?}: {e}");
+        m.tls_handshake_errors.inc();
+    }
 }
 
 struct SniCallback {
@@ -74,8 +98,25 @@ impl TlsAccept for SniCallback {
         let sni = ssl
             .servername(NameType::HOST_NAME)
             .map(str::to_ascii_lowercase);
-        let (cert, pick) = self.store.pick(sni.as_deref());
         let m = crate::metrics::get();
+        if ssl.selected_alpn_protocol() == Some(&ACME_TLS_ALPN[1..]) {
+            // A TLS-ALPN-01 validation: answer with the validation certificate, or with none
+            // at all (the handshake fails, as RFC 8737 asks) when no order waits on this name.
+            let challenge = sni.as_deref().and_then(|n| self.store.challenge(n));
+            log::info!(
+                "TLS: acme-tls/1 validation handshake for {sni:?} ({})",
+                if challenge.is_some() {
+                    "answered"
+                } else {
+                    "no order waits on it"
+                }
+            );
+            if let Some(cert) = challenge {
+                install(ssl, &cert, sni.as_deref(), m);
+            }
+            return;
+        }
+        let (cert, pick) = self.store.pick(sni.as_deref());
         m.tls_certificate_picks
             .with_label_values(&[pick.as_str()])
             .inc();
@@ -85,17 +126,7 @@ impl TlsAccept for SniCallback {
                 sni
             );
         }
-        let installed = ext::ssl_use_certificate(ssl, &cert.chain[0])
-            .and_then(|()| ext::ssl_use_private_key(ssl, &cert.key))
-            .and_then(|()| {
-                cert.chain[1..]
-                    .iter()
-                    .try_for_each(|c| ext::ssl_add_chain_cert(ssl, c))
-            });
-        if let Err(e) = installed {
-            log::error!("TLS: cannot use the certificate for {sni:?}: {e}");
-            m.tls_handshake_errors.inc();
-        }
+        install(ssl, &cert, sni.as_deref(), m);
     }
 
     async fn handshake_complete_callback(

@@ -73,6 +73,8 @@ pub struct CertStore {
     /// ACME certificates by the name they were ordered for.
     acme: ArcSwap<HashMap<String, Arc<CertKey>>>,
     files: ArcSwap<Vec<Arc<CertKey>>>,
+    /// TLS-ALPN-01 validation certificates by name, while an order waits on them.
+    challenges: ArcSwap<HashMap<String, Arc<CertKey>>>,
     fallback: Arc<CertKey>,
 }
 
@@ -86,6 +88,7 @@ impl CertStore {
             }),
             acme: ArcSwap::from_pointee(HashMap::new()),
             files: ArcSwap::from_pointee(Vec::new()),
+            challenges: ArcSwap::from_pointee(HashMap::new()),
             fallback: Arc::new(fallback),
         }
     }
@@ -102,6 +105,23 @@ impl CertStore {
         map.insert(name.to_string(), cert);
         self.acme.store(Arc::new(map));
         self.rebuild();
+    }
+
+    /// Install (`Some`) or withdraw (`None`) the TLS-ALPN-01 validation certificate for `name`.
+    pub fn set_challenge(&self, name: &str, cert: Option<Arc<CertKey>>) {
+        self.challenges.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            match &cert {
+                Some(c) => m.insert(name.to_string(), c.clone()),
+                None => m.remove(name),
+            };
+            m
+        });
+    }
+
+    /// The validation certificate for an `acme-tls/1` handshake naming `name`.
+    pub fn challenge(&self, name: &str) -> Option<Arc<CertKey>> {
+        self.challenges.load().get(name).cloned()
     }
 
     pub fn acme_cert(&self, name: &str) -> Option<Arc<CertKey>> {
