@@ -205,3 +205,135 @@ async fn smuggling_probes_are_refused_and_never_reach_the_origin() {
         .await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
+
+fn upstream_route(service: &str) -> String {
+    format!("ingresses:\n  - rules: [{{ paths: [{{ path: /, service: {service} }}] }}]\n")
+}
+
+/// (status, origin version) of a GET through gatehouse.
+async fn version_seen(gh: &Gatehouse) -> (u16, String) {
+    let (status, body) = get_host(&client(), &gh.url("/v"), "x.test").await;
+    if status != 200 {
+        return (status, body);
+    }
+    (
+        status,
+        echo(&body)["version"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstream_is_verified_against_its_ca_and_name() {
+    let (acceptor, ca) = origin_tls(&["backend.test"], false);
+    let origin =
+        Origin::start_mode("tls", "127.0.0.1:0".parse().unwrap(), Mode::Tls(acceptor)).await;
+    let service = |tls: &str| {
+        format!(
+            "services:\n  s: {{ targets: [\"{}\"], tls: {tls} }}\n{}",
+            origin.addr,
+            upstream_route("s")
+        )
+    };
+    // The right CA and name: proxied over TLS.
+    let gh = Gatehouse::start_with(
+        &service("{ sni: backend.test, ca: ca.pem }"),
+        &[("ca.pem", &ca)],
+    )
+    .await;
+    assert_eq!(
+        version_seen(&gh).await,
+        (200, "HTTP/1.1".to_string()),
+        "{}",
+        gh.log()
+    );
+    drop(gh);
+    // A name the certificate does not carry: refused, 502.
+    let gh = Gatehouse::start_with(
+        &service("{ sni: other.test, ca: ca.pem }"),
+        &[("ca.pem", &ca)],
+    )
+    .await;
+    assert_eq!(version_seen(&gh).await.0, 502);
+    assert_eq!(origin.hits(), 1);
+    drop(gh);
+    // The system roots do not know the test CA: refused.
+    let gh = Gatehouse::start(&service("{ sni: backend.test }")).await;
+    assert_eq!(version_seen(&gh).await.0, 502);
+    drop(gh);
+    // Verification off (an operator's explicit choice): proxied.
+    let gh = Gatehouse::start(&service("{ verify: false }")).await;
+    assert_eq!(version_seen(&gh).await, (200, "HTTP/1.1".to_string()));
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_upstreams_over_tls_and_cleartext() {
+    let (acceptor, ca) = origin_tls(&["backend.test"], true);
+    let tls = Origin::start_mode("h2", "127.0.0.1:0".parse().unwrap(), Mode::Tls(acceptor)).await;
+    let h2c = Origin::start_mode("h2c", "127.0.0.1:0".parse().unwrap(), Mode::H2c).await;
+    let gh = Gatehouse::start_with(
+        &format!(
+            "services:\n  tls: {{ targets: [\"{}\"], protocol: h2, tls: {{ sni: backend.test, ca: ca.pem }} }}\n  auto: {{ targets: [\"{}\"], protocol: auto, tls: {{ sni: backend.test, ca: ca.pem }} }}\n  clear: {{ targets: [\"{}\"], protocol: h2c, health_check: {{ http: {{ path: /healthz }}, interval: 100ms }} }}\ningresses:\n  - rules:\n      - {{ host: tls.test, paths: [{{ path: /, service: tls }}] }}\n      - {{ host: auto.test, paths: [{{ path: /, service: auto }}] }}\n      - {{ host: clear.test, paths: [{{ path: /, service: clear }}] }}\n",
+            tls.addr, tls.addr, h2c.addr
+        ),
+        &[("ca.pem", &ca)],
+    )
+    .await;
+    let c = client();
+    for host in ["tls.test", "auto.test", "clear.test"] {
+        // A gRPC-shaped request: POST, application/grpc, TE: trailers.
+        let r = c
+            .post(gh.url("/pkg.Service/Method"))
+            .header("host", host)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(&b"\0\0\0\0\x05hello"[..])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+        let body = echo(&r.text().await.unwrap());
+        assert_eq!(body["version"], "HTTP/2.0", "{host}: {body}");
+        // HTTP/2 carries scheme and authority (from the Host) beside the path.
+        let uri = body["uri"].as_str().unwrap();
+        assert!(
+            uri.ends_with(&format!("://{host}/pkg.Service/Method")),
+            "{uri}"
+        );
+    }
+    // The h2c pool's HTTP health check speaks h2c too: it passes.
+    let checked = gh
+        .metric_reaches(
+            &format!(
+                r#"gatehouse_health_checks_total{{backend="{}",pool="clear",result="success"}}"#,
+                h2c.addr
+            ),
+            2.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(checked, "{}", gh.metrics().await);
+}
+
+#[test]
+fn upstream_protocol_and_tls_mistakes_are_config_errors() {
+    let out = check(
+        "services:\n  a: { targets: [\"127.0.0.1:1\"], protocol: h2 }\n  b: { targets: [\"127.0.0.1:1\"], protocol: h2c, tls: { verify: false } }\n  c: { targets: [\"127.0.0.1:1\"], tls: {} }\n  d: { targets: [\"127.0.0.1:1\"], tls: { sni: x.test, ca: nope.pem }, retry_on: [404], protocol: spdy }\ningresses: [{ rules: [{ paths: [{ path: /a, service: a }, { path: /b, service: b }, { path: /c, service: c }, { path: /d, service: d }] }] }]\n",
+        &[],
+    );
+    assert_eq!(out.code, 1);
+    for want in [
+        "services.a.protocol: h2 is negotiated over TLS",
+        "services.b.protocol: h2c is cleartext HTTP/2",
+        "services.c.tls.sni: verification needs the name",
+        "services.d.tls.ca: ",
+        "services.d.retry_on[0]: 404 is not a 5xx status",
+        "services.d.protocol: \"spdy\": write http1, h2, h2c or auto",
+    ] {
+        assert!(
+            out.stderr.contains(want),
+            "missing {want:?}:\n{}",
+            out.stderr
+        );
+    }
+}

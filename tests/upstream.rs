@@ -354,3 +354,84 @@ ingresses:
         gh.log()
     );
 }
+
+/// Sends `n` requests with `method` (and a small body); returns (statuses, bodies).
+async fn send_n(gh: &Gatehouse, method: reqwest::Method, n: usize) -> Vec<(u16, String)> {
+    let c = client();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = c
+            .request(method.clone(), gh.url("/"))
+            .header("host", "x.test")
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        out.push((r.status().as_u16(), r.text().await.unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_statuses_replays_gets_never_posts() {
+    let bad = Origin::start("bad").await;
+    bad.behaviour.status.store(502, Ordering::SeqCst);
+    let good = Origin::start("good").await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{}\", \"{}\"], retry_on: [502, 503], passive_health: off }}\n{}",
+        bad.addr,
+        good.addr,
+        one_route("s")
+    ))
+    .await;
+    // Every GET that `bad` answers 502 is replayed on `good`.
+    let gets = send_n(&gh, reqwest::Method::GET, 6).await;
+    assert!(
+        gets.iter()
+            .all(|(s, b)| *s == 200 && origin_of(b) == "good"),
+        "{gets:?}"
+    );
+    assert!(bad.hits() >= 1);
+    assert_eq!(good.hits(), 6);
+    let retried = metric(
+        &gh.metrics().await,
+        r#"gatehouse_upstream_retries_total{pool="s"}"#,
+    );
+    assert_eq!(retried, bad.hits() as f64);
+    // A POST is never sent twice: each goes to one backend, and the 502s reach the client.
+    let (bad_before, good_before) = (bad.hits(), good.hits());
+    let posts = send_n(&gh, reqwest::Method::POST, 6).await;
+    let failed = posts.iter().filter(|(s, _)| *s == 502).count();
+    assert_eq!(failed, bad.hits() - bad_before, "{posts:?}");
+    assert!(failed >= 1);
+    assert_eq!(bad.hits() + good.hits() - bad_before - good_before, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_dying_mid_request_is_retried_for_gets_not_posts() {
+    let dying = Origin::start("dying").await;
+    dying.behaviour.reset.store(true, Ordering::SeqCst);
+    let good = Origin::start("good").await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{}\", \"{}\"], passive_health: off }}\n{}",
+        dying.addr,
+        good.addr,
+        one_route("s")
+    ))
+    .await;
+    let gets = send_n(&gh, reqwest::Method::GET, 6).await;
+    assert!(
+        gets.iter()
+            .all(|(s, b)| *s == 200 && origin_of(b) == "good"),
+        "{gets:?}"
+    );
+    assert!(dying.hits() >= 1);
+    assert_eq!(good.hits(), 6);
+    // The request reached the dying backend: a POST is answered 502, not replayed.
+    let (dying_before, good_before) = (dying.hits(), good.hits());
+    let posts = send_n(&gh, reqwest::Method::POST, 6).await;
+    let failed = posts.iter().filter(|(s, _)| *s == 502).count();
+    assert_eq!(failed, dying.hits() - dying_before, "{posts:?}");
+    assert!(failed >= 1);
+    assert_eq!(dying.hits() + good.hits() - dying_before - good_before, 6);
+}

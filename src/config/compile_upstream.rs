@@ -4,11 +4,14 @@
 use super::compile::{positive, positive_duration, Errs};
 use super::load::Sourced;
 use super::schema::*;
+use crate::routing::HostPattern;
 use crate::upstream::{
-    Balance, CheckKind, HashKey, HealthCheckConfig, Passive, PoolConfig, Target, Timeouts,
+    Balance, CaBundle, CheckKind, HashKey, HealthCheckConfig, Passive, PoolConfig, Protocol,
+    Target, Timeouts, UpstreamTls,
 };
 use http::{HeaderName, HeaderValue};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::time::Duration;
 
 pub(super) fn compile_service(
@@ -16,6 +19,7 @@ pub(super) fn compile_service(
     src: &Sourced<ServiceSpec>,
     e: &mut Errs,
 ) -> Option<PoolConfig> {
+    let base = src.file.parent().unwrap_or(Path::new("."));
     let spec = &src.spec;
     let at = |k: &str| format!("{}.{k}", src.yaml_path);
     let before = e.out.len();
@@ -80,7 +84,57 @@ pub(super) fn compile_service(
             }
         });
     let passive = compile_passive(spec.passive_health.as_ref(), &at("passive_health"), e);
+    let tls = spec
+        .tls
+        .as_ref()
+        .and_then(|t| compile_upstream_tls(t, host_header.as_ref(), base, &at("tls"), e));
+    let protocol = match (spec.protocol.as_deref().unwrap_or("http1"), tls.is_some()) {
+        ("http1", _) => Protocol::Http1,
+        ("h2", true) | ("h2c", false) => Protocol::H2,
+        ("auto", true) => Protocol::Auto,
+        ("h2", false) => {
+            e.push(
+                at("protocol"),
+                "h2 is negotiated over TLS: add `tls:`, or write h2c for cleartext HTTP/2",
+            );
+            Protocol::Http1
+        }
+        ("h2c", true) => {
+            e.push(
+                at("protocol"),
+                "h2c is cleartext HTTP/2: write h2 for HTTP/2 over TLS",
+            );
+            Protocol::Http1
+        }
+        ("auto", false) => {
+            e.push(
+                at("protocol"),
+                "auto picks h2 or HTTP/1.1 by TLS ALPN: add `tls:`, or choose http1 or h2c",
+            );
+            Protocol::Http1
+        }
+        (other, _) => {
+            e.push(
+                at("protocol"),
+                format!("{other:?}: write http1, h2, h2c or auto"),
+            );
+            Protocol::Http1
+        }
+    };
+    let mut retry_on = Vec::new();
+    for (i, s) in spec.retry_on.iter().enumerate() {
+        match u16::try_from(*s) {
+            Ok(s @ 500..=599) => retry_on.push(s),
+            _ => e.push(
+                format!("{}[{i}]", at("retry_on")),
+                format!("{s} is not a 5xx status; write e.g. [502, 503, 504]"),
+            ),
+        }
+    }
     (e.out.len() == before).then(|| PoolConfig {
+        protocol,
+        tls,
+        retry_on,
         passive,
         name: name.to_string(),
         targets,
@@ -90,6 +144,44 @@ pub(super) fn compile_service(
         timeouts,
         host_header,
     })
+}
+
+fn compile_upstream_tls(
+    spec: &UpstreamTlsSpec,
+    host_header: Option<&HeaderValue>,
+    base: &Path,
+    at: &str,
+    e: &mut Errs,
+) -> Option<UpstreamTls> {
+    let verify = spec.verify.unwrap_or(true);
+    let sni = match (&spec.sni, host_header.and_then(|h| h.to_str().ok())) {
+        (Some(s), _) => {
+            if HostPattern::parse(s).is_err() || s.contains('*') {
+                e.push(format!("{at}.sni"), format!("{s:?} is not a host name"));
+            }
+            s.to_ascii_lowercase()
+        }
+        (None, Some(h)) => h.split(':').next().unwrap_or(h).to_ascii_lowercase(),
+        (None, None) => String::new(),
+    };
+    if verify && sni.is_empty() {
+        e.push(
+            format!("{at}.sni"),
+            "verification needs the name the backends' certificates carry: set `sni` (or \
+             `host_header`), or `verify: false`",
+        );
+    }
+    let ca = match &spec.ca {
+        None => None,
+        Some(c) => match CaBundle::load(&base.join(c)) {
+            Ok(b) => Some(b),
+            Err(m) => {
+                e.push(format!("{at}.ca"), m);
+                None
+            }
+        },
+    };
+    Some(UpstreamTls { sni, verify, ca })
 }
 
 fn compile_passive(spec: Option<&PassiveSpec>, at: &str, e: &mut Errs) -> Option<Passive> {

@@ -185,6 +185,24 @@ pub struct ServiceSpec {
     pub host_header: Option<String>,
     /// `{ failures: 3, eject_for: 10s }` by default; `off` disables.
     pub passive_health: Option<PassiveSpec>,
+    /// `http1` (default), `h2`, `h2c` or `auto` (h2 or HTTP/1.1 by ALPN; needs `tls`).
+    pub protocol: Option<String>,
+    /// TLS to the backends.
+    pub tls: Option<UpstreamTlsSpec>,
+    /// Statuses that send an idempotent request to another backend (502, 503, 504).
+    #[serde(default)]
+    pub retry_on: Vec<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// Name sent as SNI and checked against the certificate (default: `host_header`).
+    pub sni: Option<String>,
+    /// Verify the backend's certificate (default true).
+    pub verify: Option<bool>,
+    /// PEM bundle of CAs to trust instead of the system's.
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

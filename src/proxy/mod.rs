@@ -39,6 +39,15 @@ fn status_error(code: u16, why: &'static str) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(code), why)
 }
 
+/// The error that sends a `retry_on` answer to another backend.
+const RETRY_STATUS: ErrorType = ErrorType::Custom("retry_on status");
+
+/// Whether a request may be sent again: an idempotent method and a body (if any) still whole
+/// in Pingora's retry buffer. A POST is never replayed.
+fn may_replay(session: &Session) -> bool {
+    session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
+}
+
 #[async_trait]
 impl ProxyHttp for Gatehouse {
     type CTX = Ctx;
@@ -96,15 +105,38 @@ impl ProxyHttp for Gatehouse {
         ctx.tried.push(addr);
         ctx.inflight = pool.track(addr);
         ctx.upstream_start = Some(std::time::Instant::now());
-        let t = &pool.config.timeouts;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(t.connect);
-        // An upgraded connection (WebSocket) may be silent for long: it gets its own timeout.
-        let upgrade = session.is_upgrade_req();
-        peer.options.read_timeout = Some(if upgrade { t.websocket_idle } else { t.read });
-        peer.options.write_timeout = Some(t.write);
-        peer.options.idle_timeout = Some(t.idle);
-        Ok(Box::new(peer))
+        Ok(Box::new(pool.config.peer(addr, session.is_upgrade_req())))
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        ctx.inflight = None;
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let retry_status = e.etype() == &RETRY_STATUS;
+        if !retry_status {
+            if let (Some(pool), Some(addr)) = (&ctx.pool, ctx.tried.last()) {
+                pool.record(*addr, false);
+            }
+        }
+        // nginx `proxy_next_upstream error timeout`: the request may have reached the backend,
+        // so only an idempotent one, whose body is still whole in the retry buffer and of which
+        // nothing was sent to the client, is tried again, on another backend.
+        let retry = ctx.pool.as_ref().is_some_and(|p| p.may_retry(&ctx.tried))
+            && may_replay(session)
+            && session.response_written().is_none();
+        if retry {
+            log::warn!("{e}; trying another backend");
+            let pool = ctx.pool.as_ref().map_or("", |p| p.config.name.as_str());
+            metrics::get().retries.with_label_values(&[pool]).inc();
+        }
+        e.set_retry(retry);
+        e
     }
 
     fn fail_to_connect(
@@ -160,12 +192,24 @@ impl ProxyHttp for Gatehouse {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = resp.status.as_u16();
         if let (Some(pool), Some(addr)) = (&ctx.pool, ctx.tried.last()) {
-            pool.record(*addr, resp.status.as_u16() < 500);
+            pool.record(*addr, status < 500);
+            // `retry_on`: nothing has reached the client yet, so an idempotent request whose
+            // body is still in the retry buffer can go to another backend.
+            if pool.config.retry_on.contains(&status)
+                && pool.may_retry(&ctx.tried)
+                && may_replay(session)
+            {
+                let mut e =
+                    Error::explain(RETRY_STATUS, format!("backend {addr} answered {status}"));
+                e.set_retry(true);
+                return Err(e);
+            }
         }
         if let (Some(start), Some(pool)) = (ctx.upstream_start, &ctx.pool) {
             let took = start.elapsed();

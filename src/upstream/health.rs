@@ -3,7 +3,7 @@
 //! Each pool with a check gets one tokio task that holds only a weak reference to it, so a
 //! pool dropped by a reload stops being checked by itself.
 
-use super::{CheckKind, HealthCheckConfig, Pool};
+use super::{CheckKind, HealthCheckConfig, Pool, PoolConfig};
 use async_trait::async_trait;
 use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;
@@ -62,18 +62,18 @@ impl HealthCheck for Counted {
 }
 
 pub(super) fn build_check(
-    pool: &str,
+    pool: &PoolConfig,
     cfg: &HealthCheckConfig,
 ) -> Box<dyn HealthCheck + Send + Sync> {
     Box::new(Counted {
         inner: build_inner(pool, cfg),
-        pool: pool.to_string(),
+        pool: pool.name.clone(),
     })
 }
 
-fn build_inner(pool: &str, cfg: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
+fn build_inner(pool: &PoolConfig, cfg: &HealthCheckConfig) -> Box<dyn HealthCheck + Send + Sync> {
     let observer = Box::new(LogHealthChange {
-        pool: pool.to_string(),
+        pool: pool.name.clone(),
     });
     match &cfg.kind {
         CheckKind::Tcp => {
@@ -85,11 +85,24 @@ fn build_inner(pool: &str, cfg: &HealthCheckConfig) -> Box<dyn HealthCheck + Sen
             hc
         }
         CheckKind::Http { path, expect, host } => {
-            let mut hc = HttpHealthCheck::new(host.as_deref().unwrap_or("localhost"), false);
+            // The check speaks to the backends as requests do: same TLS, SNI and protocol.
+            let host = host
+                .as_deref()
+                .or(pool
+                    .tls
+                    .as_ref()
+                    .map(|t| t.sni.as_str())
+                    .filter(|s| !s.is_empty()))
+                .unwrap_or("localhost");
+            let mut hc = HttpHealthCheck::new(host, pool.tls.is_some());
+            pool.set_options(&mut hc.peer_template.options);
+            if let Some(tls) = &pool.tls {
+                hc.peer_template.sni.clone_from(&tls.sni);
+            }
             // The path was validated at compile time; fall back to "/" rather than panic.
             if let Ok(req) = RequestHeader::build("GET", path.as_bytes(), None) {
                 let mut req = req;
-                let _ = req.insert_header("Host", host.as_deref().unwrap_or("localhost"));
+                let _ = req.insert_header("Host", host);
                 let _ = req.insert_header("User-Agent", "gatehouse-health-check");
                 hc.req = req;
             }

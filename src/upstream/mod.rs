@@ -15,10 +15,12 @@ use http::HeaderName;
 use http::HeaderValue;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
+use pingora::upstreams::peer::HttpPeer;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Index of a pool in the runtime's pool table.
@@ -120,6 +122,90 @@ impl Default for Passive {
     }
 }
 
+/// The HTTP version spoken to a pool's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 only: over TLS by ALPN, or cleartext with prior knowledge (`h2c`).
+    H2,
+    /// h2 when the backend's ALPN offers it, else HTTP/1.1 (TLS only).
+    Auto,
+}
+
+impl Protocol {
+    pub fn name(self, tls: bool) -> &'static str {
+        match (self, tls) {
+            (Protocol::Http1, _) => "http1",
+            (Protocol::H2, true) => "h2",
+            (Protocol::H2, false) => "h2c",
+            (Protocol::Auto, _) => "auto",
+        }
+    }
+}
+
+/// CA certificates trusted for a pool's backends, compared by content (a reload that changes
+/// the file builds a new pool).
+#[derive(Clone)]
+pub struct CaBundle {
+    pub path: std::path::PathBuf,
+    pem: Vec<u8>,
+    certs: Arc<Box<[openssl::x509::X509]>>,
+}
+
+impl CaBundle {
+    pub fn load(path: &std::path::Path) -> Result<CaBundle, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = openssl::x509::X509::stack_from_pem(&pem)
+            .map_err(|e| format!("{}: not a PEM certificate bundle ({e})", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: holds no certificate", path.display()));
+        }
+        Ok(CaBundle {
+            path: path.to_path_buf(),
+            pem,
+            certs: Arc::new(certs.into_boxed_slice()),
+        })
+    }
+}
+
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.pem == other.pem
+    }
+}
+
+impl Eq for CaBundle {}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaBundle({})", self.path.display())
+    }
+}
+
+/// TLS to the backends of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// SNI and the name verified in the certificate; empty: no SNI.
+    pub sni: String,
+    pub verify: bool,
+    /// `None`: the system's roots.
+    pub ca: Option<CaBundle>,
+}
+
+impl UpstreamTls {
+    /// Apply to a peer's options (requests and health checks alike).
+    fn apply(&self, o: &mut pingora::upstreams::peer::PeerOptions) {
+        o.verify_cert = self.verify;
+        o.verify_hostname = self.verify;
+        if let Some(ca) = &self.ca {
+            o.ca = Some(ca.certs.clone());
+        }
+    }
+}
+
+/// How many requests share one HTTP/2 connection to a backend.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
 /// The typed configuration of one pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -133,6 +219,48 @@ pub struct PoolConfig {
     pub host_header: Option<HeaderValue>,
     /// `None`: passive health is off.
     pub passive: Option<Passive>,
+    pub protocol: Protocol,
+    pub tls: Option<UpstreamTls>,
+    /// Answers that send an idempotent request to another backend.
+    pub retry_on: Vec<u16>,
+}
+
+impl PoolConfig {
+    /// The peer for one request to `addr`; `upgrade` (WebSocket) forces HTTP/1.1 and its own
+    /// idle timeout.
+    pub fn peer(&self, addr: SocketAddr, upgrade: bool) -> HttpPeer {
+        let t = &self.timeouts;
+        let mut peer = match &self.tls {
+            Some(tls) => HttpPeer::new(addr, true, tls.sni.clone()),
+            None => HttpPeer::new(addr, false, String::new()),
+        };
+        self.set_options(&mut peer.options);
+        let o = &mut peer.options;
+        // An upgraded connection (WebSocket) may be silent for long: it gets its own timeout.
+        o.read_timeout = Some(if upgrade { t.websocket_idle } else { t.read });
+        o.write_timeout = Some(t.write);
+        o.idle_timeout = Some(t.idle);
+        if upgrade {
+            o.set_http_version(1, 1);
+        }
+        peer
+    }
+
+    /// Protocol, TLS and connect timeout: what requests and health checks share.
+    pub fn set_options(&self, o: &mut pingora::upstreams::peer::PeerOptions) {
+        o.connection_timeout = Some(self.timeouts.connect);
+        if let Some(tls) = &self.tls {
+            tls.apply(o);
+        }
+        match self.protocol {
+            Protocol::Http1 => {}
+            Protocol::H2 => o.set_http_version(2, 2),
+            Protocol::Auto => o.set_http_version(2, 1),
+        }
+        if self.protocol != Protocol::Http1 {
+            o.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+        }
+    }
 }
 
 enum Balancer {
@@ -180,7 +308,7 @@ impl Pool {
         let hc = config
             .health_check
             .as_ref()
-            .map(|hc| health::build_check(&config.name, hc));
+            .map(|hc| health::build_check(&config, hc));
         let balancer = match &config.balance {
             Balance::RoundRobin | Balance::LeastConnections => {
                 Balancer::RoundRobin(build_lb(set, hc)?)

@@ -48,6 +48,11 @@ impl Pool {
         backend.addr.as_inet().copied()
     }
 
+    /// Whether a retry may go somewhere: a backend not in `tried`, within `retries`.
+    pub fn may_retry(&self, tried: &[SocketAddr]) -> bool {
+        tried.len() <= self.config.retries && self.inflight.iter().any(|(a, _)| !tried.contains(a))
+    }
+
     /// Count a request in flight to `addr` until the returned guard is dropped.
     pub fn track(self: &Arc<Self>, addr: SocketAddr) -> Option<InflightGuard> {
         let index = self.inflight.iter().position(|(a, _)| *a == addr)?;
@@ -141,6 +146,9 @@ mod tests {
                 retries: 1,
                 timeouts: Timeouts::default(),
                 host_header: None,
+                protocol: Protocol::Http1,
+                tls: None,
+                retry_on: Vec::new(),
                 passive: Some(Passive {
                     failures: 2,
                     eject_for: std::time::Duration::from_secs(60),

@@ -10,7 +10,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,6 +51,54 @@ pub struct Behaviour {
     pub healthy: AtomicBool,
     /// Delay before answering, in milliseconds.
     pub delay_ms: AtomicU64,
+    /// Close the connection instead of answering (a backend dying mid-request).
+    pub reset: AtomicBool,
+}
+
+/// How an origin speaks.
+#[derive(Clone)]
+pub enum Mode {
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge.
+    H2c,
+    /// TLS with this acceptor; HTTP/2 when ALPN picked h2, else HTTP/1.1.
+    Tls(Arc<openssl::ssl::SslAcceptor>),
+}
+
+/// A TLS acceptor for an origin: a certificate for `names` signed by a fresh CA (returned as
+/// PEM), offering h2 by ALPN when `h2`.
+pub fn origin_tls(names: &[&str], h2: bool) -> (Arc<openssl::ssl::SslAcceptor>, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct subjects: with rcgen's default for both, the leaf would look self-issued.
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "origin test CA");
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut leaf = CertificateParams::new(names.clone()).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, names[0].as_str());
+    let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let mut b =
+        openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls()).unwrap();
+    b.set_certificate(&openssl::x509::X509::from_pem(cert.pem().as_bytes()).unwrap())
+        .unwrap();
+    b.set_private_key(
+        &openssl::pkey::PKey::private_key_from_pem(key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let protos: &'static [u8] = if h2 {
+        b"\x02h2\x08http/1.1"
+    } else {
+        b"\x08http/1.1"
+    };
+    b.set_alpn_select_callback(move |_, client| {
+        openssl::ssl::select_next_proto(protos, client).ok_or(openssl::ssl::AlpnError::NOACK)
+    });
+    (Arc::new(b.build()), ca.pem())
 }
 
 /// An HTTP/1.1 origin that echoes the request as JSON: `{origin, method, uri, headers}`.
@@ -70,6 +117,10 @@ impl Origin {
 
     /// Start on a given address (to bring a stopped origin back on its old port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> Origin {
+        Self::start_mode(name, addr, Mode::Http1).await
+    }
+
+    pub async fn start_mode(name: &str, addr: SocketAddr, mode: Mode) -> Origin {
         let listener = TcpListener::bind(addr).await.expect("bind origin");
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -77,6 +128,7 @@ impl Origin {
             status: AtomicU16::new(200),
             healthy: AtomicBool::new(true),
             delay_ms: AtomicU64::new(0),
+            reset: AtomicBool::new(false),
         });
         let (n, h, b) = (name.to_string(), hits.clone(), behaviour.clone());
         let task = tokio::spawn(async move {
@@ -86,13 +138,25 @@ impl Origin {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, h, b) = (n.clone(), h.clone(), b.clone());
+                let (n, h, b, mode) = (n.clone(), h.clone(), b.clone(), mode.clone());
                 conns.spawn(async move {
-                    let svc =
-                        service_fn(move |req| serve_echo(n.clone(), h.clone(), b.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let svc = (n, h, b);
+                    match mode {
+                        Mode::Http1 => serve_h1(stream, svc).await,
+                        Mode::H2c => serve_h2(stream, svc).await,
+                        Mode::Tls(acceptor) => {
+                            let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+                            let mut tls = tokio_openssl::SslStream::new(ssl, stream).unwrap();
+                            if std::pin::Pin::new(&mut tls).accept().await.is_err() {
+                                return;
+                            }
+                            if tls.ssl().selected_alpn_protocol() == Some(b"h2") {
+                                serve_h2(tls, svc).await
+                            } else {
+                                serve_h1(tls, svc).await
+                            }
+                        }
+                    }
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -118,12 +182,37 @@ impl Origin {
     }
 }
 
+type Echo = Result<Response<Full<Bytes>>, std::io::Error>;
+
+/// Who answers on an origin connection: (name, hits, behaviour).
+type Echoer = (String, Arc<AtomicUsize>, Arc<Behaviour>);
+
+async fn serve_h1<S>(io: S, (n, h, b): Echoer)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| serve_echo(n.clone(), h.clone(), b.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+async fn serve_h2<S>(io: S, (n, h, b): Echoer)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| serve_echo(n.clone(), h.clone(), b.clone(), req));
+    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
 async fn serve_echo(
     name: String,
     hits: Arc<AtomicUsize>,
     b: Arc<Behaviour>,
     req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Echo {
     if req.uri().path() == "/healthz" {
         let ok = b.healthy.load(Ordering::SeqCst);
         let resp = Response::builder().status(if ok { 200 } else { 503 });
@@ -132,6 +221,9 @@ async fn serve_echo(
             .unwrap());
     }
     hits.fetch_add(1, Ordering::SeqCst);
+    if b.reset.load(Ordering::SeqCst) {
+        return Err(std::io::Error::other("told to die mid-request"));
+    }
     let delay = b.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -146,6 +238,7 @@ async fn serve_echo(
     let body = json!({
         "origin": name,
         "method": req.method().as_str(),
+        "version": format!("{:?}", req.version()),
         "uri": req.uri().to_string(),
         "headers": headers,
     });
