@@ -290,10 +290,11 @@ async fn h2_upstreams_over_tls_and_cleartext() {
             .body(&b"\0\0\0\0\x05hello"[..])
             .send()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{host}: {e:?}\n{}", gh.log()));
         assert_eq!(r.status(), 200, "{host}");
         let body = echo(&r.text().await.unwrap());
         assert_eq!(body["version"], "HTTP/2.0", "{host}: {body}");
+        assert_eq!(body["body_len"], 10, "{host}: {body}");
         // HTTP/2 carries scheme and authority (from the Host) beside the path.
         let uri = body["uri"].as_str().unwrap();
         assert!(

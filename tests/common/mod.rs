@@ -235,11 +235,22 @@ async fn serve_echo(
             .or_default()
             .push(v.to_str().unwrap_or("?").to_string());
     }
+    let (method, version, uri) = (
+        req.method().to_string(),
+        format!("{:?}", req.version()),
+        req.uri().to_string(),
+    );
+    // Read the whole request, as a real backend does (one that answers first makes an HTTP/2
+    // client reset the rest of its body).
+    let body_len = http_body_util::BodyExt::collect(req.into_body())
+        .await
+        .map_or(0, |b| b.to_bytes().len());
     let body = json!({
         "origin": name,
-        "method": req.method().as_str(),
-        "version": format!("{:?}", req.version()),
-        "uri": req.uri().to_string(),
+        "method": method,
+        "version": version,
+        "uri": uri,
+        "body_len": body_len,
         "headers": headers,
     });
     let status = b.status.load(Ordering::SeqCst);
