@@ -11,6 +11,7 @@ pub mod acme;
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod downstream;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
@@ -80,12 +81,24 @@ pub fn build_server(
         .iter()
         .map(|s| (s.name.clone(), s.listen))
         .collect();
+    let ports: Vec<u16> = listen_http
+        .iter()
+        .chain(&listen_https)
+        .map(|a| a.port())
+        .collect();
     let control = Control::new(rt, config_path)?;
-    let mut http = pingora::proxy::http_proxy_service_with_name(
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
         proxy::Gatehouse::new(control.state.clone(), control.challenges.clone()),
-        "gatehouse http",
     );
+    let mut http = pingora::services::listening::Service::new(
+        "gatehouse http".to_string(),
+        downstream::Guard::new(proxy, control.state.clone(), &ports),
+    );
+    http.endpoints()
+        .set_pre_tls_callback(Arc::new(downstream::ProxyProtocolAccept {
+            state: control.state.clone(),
+        }));
     for addr in &listen_http {
         http.add_tcp(&addr.to_string());
     }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub backend_inflight: IntGaugeVec,
     pub health_checks: IntCounterVec,
     pub retries: IntCounterVec,
+    pub downstream_rejected: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub access_denied: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -167,8 +168,14 @@ impl Metrics {
             retries: counter(
                 &r,
                 "gatehouse_upstream_retries_total",
-                "Requests sent to another backend after a failed connection.",
+                "Requests sent to another backend after a failure or a retry_on status.",
                 &["pool"],
+            ),
+            downstream_rejected: counter(
+                &r,
+                "gatehouse_downstream_rejected_connections_total",
+                "Client connections closed before or while reading a request head.",
+                &["reason"],
             ),
             rate_limited: counter(
                 &r,

@@ -74,6 +74,8 @@ pub struct Runtime {
     pub streams: Vec<StreamConfig>,
     /// Request line + headers above this get 431.
     pub max_header_size: u64,
+    /// Connection-level limits of the HTTP listeners.
+    pub limits: crate::downstream::DownstreamLimits,
     /// Redirect every request on the HTTP listeners to https (ACME challenges excepted).
     pub https_redirect: Option<Redirect>,
     pub trusted_proxies: TrustedProxies,

@@ -9,6 +9,7 @@ use super::load::{Loaded, Sourced};
 use super::schema::*;
 use super::{ConfigError, ConfigErrors};
 use crate::access_log::{self, AccessLog, AccessLogConfig, Format};
+use crate::downstream::DownstreamLimits;
 use crate::policy::Policy;
 use crate::policy::TrustedProxies;
 use crate::routing::{HostPattern, PathPattern, RouteId, Router};
@@ -147,6 +148,38 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         .map_or(DEFAULT_MAX_HEADER, |s| {
             size(s, "limits.max_header_size", &mut e, DEFAULT_MAX_HEADER)
         });
+    let defaults = DownstreamLimits::default();
+    let mut dur = |raw: &Option<String>, key: &str, default: Duration| {
+        positive_duration(raw, default).unwrap_or_else(|m| {
+            e.push(format!("limits.{key}"), m);
+            default
+        })
+    };
+    let header_timeout = dur(
+        &limits.header_timeout,
+        "header_timeout",
+        defaults.header_timeout,
+    );
+    let keepalive_timeout = dur(
+        &limits.keepalive_timeout,
+        "keepalive_timeout",
+        defaults.keepalive_timeout,
+    );
+    let max_connections = positive(
+        limits.max_connections,
+        defaults.max_connections,
+        "max_connections",
+    )
+    .unwrap_or_else(|m| {
+        e.push("limits.max_connections", m);
+        defaults.max_connections
+    });
+    let downstream = DownstreamLimits {
+        header_timeout,
+        keepalive_timeout,
+        max_connections,
+        proxy_protocol: main.listen.proxy_protocol,
+    };
     let ctx = RouteCtx {
         pool_ids: &pool_ids,
         known_services: &known,
@@ -206,6 +239,7 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         certificates,
         acme,
         max_header_size,
+        limits: downstream,
         streams,
         https_redirect: main
             .listen

@@ -64,6 +64,12 @@ pub struct LimitsSpec {
     pub max_body_size: Option<SizeSpec>,
     /// Largest request line + header block (431 above it).
     pub max_header_size: Option<SizeSpec>,
+    /// Longest time to receive a whole request head.
+    pub header_timeout: Option<String>,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: Option<String>,
+    /// Open connections per HTTP listener.
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +159,9 @@ pub struct ListenSpec {
     /// challenges).
     #[serde(default)]
     pub https_redirect: bool,
+    /// Every connection to the HTTP and HTTPS listeners starts with a PROXY protocol header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -57,6 +57,12 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Pingora waits forever for the next request on an HTTP/1.1 connection unless told
+        // otherwise: bound it with `limits.keepalive_timeout`.
+        if session.get_keepalive().is_some() {
+            let idle = ctx.rt.limits.keepalive_timeout.as_secs().max(1);
+            session.set_keepalive(Some(idle));
+        }
         if filter::acme_challenge(session, ctx, &self.challenges).await? {
             return Ok(true);
         }

@@ -1,0 +1,260 @@
+//! Downstream connection limits through the real binary: the whole-head deadline against
+//! slowloris, the keep-alive idle timeout, connections per listener, and the PROXY protocol
+//! feeding the client address to access rules (plain and TLS listeners).
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn one_route(origin: std::net::SocketAddr, access: &str) -> String {
+    format!(
+        "services: {{ s: {{ targets: [\"{origin}\"] }} }}\ningresses:\n  - rules: [{{ paths: [{{ path: /, service: s{access} }}] }}]\n"
+    )
+}
+
+/// Read until the server closes the connection; returns what was read, or `None` if it was
+/// still open after `limit`.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match tokio::time::timeout(limit, s.read_to_end(&mut out)).await {
+        Ok(_) => Some(out),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_cut_at_the_header_timeout_and_others_are_served() {
+    let origin = Origin::start("app").await;
+    let gh = Gatehouse::start(&format!(
+        "limits: {{ header_timeout: 1s }}\n{}",
+        one_route(origin.addr, "")
+    ))
+    .await;
+    let mut slow = TcpStream::connect(("127.0.0.1", gh.port)).await.unwrap();
+    let started = Instant::now();
+    // One byte every 100 ms: each read is quick, the head never completes within 1 s.
+    let head = b"GET / HTTP/1.1\r\nHost: x.test\r\nUser-Agent: slowloris\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = false;
+    for b in head {
+        if slow.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        // A normal client meanwhile.
+        if started.elapsed() > Duration::from_millis(500)
+            && started.elapsed() < Duration::from_millis(650)
+        {
+            let (status, _) = get_host(&client(), &gh.url("/"), "x.test").await;
+            assert_eq!(status, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !cut {
+        let rest = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+        assert!(
+            rest.is_some_and(|r| !r.starts_with(b"HTTP/1.1 200")),
+            "the slow head was served"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "cut too early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "not cut: {took:?}");
+    assert!(
+        metric(
+            &gh.metrics().await,
+            r#"gatehouse_downstream_rejected_connections_total{reason="header_timeout"}"#
+        ) >= 1.0
+    );
+    // A head that arrives in time, even in pieces, is served.
+    let mut ok = TcpStream::connect(("127.0.0.1", gh.port)).await.unwrap();
+    for part in [
+        &b"GET / HTTP/1.1\r\nHo"[..],
+        b"st: x.test\r\nConnection: close\r\n",
+        b"\r\n",
+    ] {
+        ok.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answer = read_until_closed(&mut ok, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_are_closed_after_the_keepalive_timeout() {
+    let origin = Origin::start("app").await;
+    let gh = Gatehouse::start(&format!(
+        "limits: {{ keepalive_timeout: 1s }}\n{}",
+        one_route(origin.addr, "")
+    ))
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", gh.port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let idle = Instant::now();
+    // The response may still be arriving; then the server closes the idle connection.
+    let rest = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(rest.is_some(), "still open after 5 s");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        idle.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_above_max_connections_are_closed_at_once() {
+    let origin = Origin::start("app").await;
+    let gh = Gatehouse::start(&format!(
+        "limits: {{ max_connections: 2 }}\n{}",
+        one_route(origin.addr, "")
+    ))
+    .await;
+    // The harness's readiness probe has come and gone; wait until the listener is free.
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let mut a = TcpStream::connect(("127.0.0.1", gh.port)).await.unwrap();
+            a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .is_ok()
+                && read_until_closed(&mut a, Duration::from_secs(2))
+                    .await
+                    .is_some_and(|r| r.starts_with(b"HTTP/1.1 200"))
+        })
+        .await
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(("127.0.0.1", gh.port)).await.unwrap();
+        // A request each, so both are surely accepted and counted.
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(c);
+    }
+    let mut third = TcpStream::connect(("127.0.0.1", gh.port)).await.unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let answer = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert_eq!(
+        answer.as_deref(),
+        Some(&b""[..]),
+        "the third connection was served"
+    );
+    assert!(
+        metric(
+            &gh.metrics().await,
+            r#"gatehouse_downstream_rejected_connections_total{reason="max_connections"}"#
+        ) >= 1.0
+    );
+    // A slot frees when a connection closes.
+    drop(held.pop());
+    let served = eventually(Duration::from_secs(5), async || {
+        get_host(&client(), &gh.url("/"), "x").await.0 == 200
+    })
+    .await;
+    assert!(served);
+}
+
+fn v2_header(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src.ip().octets());
+    h.extend_from_slice(&dst.ip().octets());
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}
+
+fn status_of(answer: &str) -> &str {
+    answer.get(9..12).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_set_the_client_address_for_access_rules() {
+    let origin = Origin::start("app").await;
+    let https = free_port();
+    let w = write_config_listen(
+        &format!("  https: [\"127.0.0.1:{https}\"]\n  proxy_protocol: true\n"),
+        &one_route(
+            origin.addr,
+            ", access: { allow: [10.0.0.0/8], deny: [10.0.50.0/24] }",
+        ),
+        &[],
+    );
+    let gh = Gatehouse::launch(w).await;
+    let req = b"GET /who HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n";
+    let with = |header: &[u8]| [header, &req[..]].concat();
+    // v1: allowed, denied, and outside the allow list.
+    let ok = gh
+        .raw(&with(b"PROXY TCP4 10.0.1.100 127.0.0.1 40000 80\r\n"))
+        .await;
+    assert_eq!(status_of(&ok), "200", "{ok}");
+    let body = &ok[ok.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(echo(body)["headers"]["x-forwarded-for"][0], "10.0.1.100");
+    let denied = gh
+        .raw(&with(b"PROXY TCP4 10.0.50.10 127.0.0.1 40000 80\r\n"))
+        .await;
+    assert_eq!(status_of(&denied), "403", "{denied}");
+    let outside = gh
+        .raw(&with(b"PROXY TCP4 1.2.3.4 127.0.0.1 40000 80\r\n"))
+        .await;
+    assert_eq!(status_of(&outside), "403", "{outside}");
+    // v2.
+    let v2 = v2_header(
+        "10.0.1.100:40000".parse().unwrap(),
+        "127.0.0.1:80".parse().unwrap(),
+    );
+    let ok = gh.raw(&with(&v2)).await;
+    assert_eq!(status_of(&ok), "200", "{ok}");
+    // No header, or a forged one: closed without an answer.
+    assert_eq!(gh.raw(req).await, "");
+    assert_eq!(
+        gh.raw(&with(b"PROXY TCP4 10.0.1.100 nope 1 2\r\n")).await,
+        ""
+    );
+    assert!(
+        metric(
+            &gh.metrics().await,
+            r#"gatehouse_downstream_rejected_connections_total{reason="proxy_protocol"}"#
+        ) >= 2.0
+    );
+    // TLS listener: the header comes before the handshake.
+    let tls = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", https)).unwrap();
+        tcp.write_all(b"PROXY TCP4 10.0.1.100 127.0.0.1 40000 443\r\n")
+            .unwrap();
+        let mut c = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+        c.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        let mut s = c.build().connect("x.test", tcp).unwrap();
+        s.write_all(b"GET /who HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_of(&tls), "200", "{tls}");
+    assert!(
+        tls.contains("\"x-forwarded-for\":[\"10.0.1.100\"]"),
+        "{tls}"
+    );
+}
