@@ -76,10 +76,10 @@ pub fn build_server(
     let listen_https = rt.listen_https.clone();
     let preset = rt.tls_preset;
     let admin_addr = rt.admin;
-    let streams: Vec<(String, std::net::SocketAddr)> = rt
+    let streams: Vec<(String, std::net::SocketAddr, bool)> = rt
         .streams
         .iter()
-        .map(|s| (s.name.clone(), s.listen))
+        .map(|s| (s.name.clone(), s.listen, s.tls))
         .collect();
     let ports: Vec<u16> = listen_http
         .iter()
@@ -103,15 +103,21 @@ pub fn build_server(
         http.add_tcp(&addr.to_string());
     }
     for addr in &listen_https {
-        let settings = tls::listener_settings(control.certs.clone(), preset)
+        let settings = tls::listener_settings(control.certs.clone(), preset, true)
             .map_err(|e| format!("TLS listener {addr}: {e}"))?;
         http.add_tls_with_settings(&addr.to_string(), None, settings);
     }
     server.add_service(http);
-    for (name, listen) in streams {
+    for (name, listen, tls) in streams {
         let app = stream::StreamProxy::new(name.clone(), control.state.clone());
         let mut svc = pingora::services::listening::Service::new(format!("stream {name}"), app);
-        svc.add_tcp(&listen.to_string());
+        if tls {
+            let settings = tls::listener_settings(control.certs.clone(), preset, false)
+                .map_err(|e| format!("TLS stream listener {listen}: {e}"))?;
+            svc.add_tls_with_settings(&listen.to_string(), None, settings);
+        } else {
+            svc.add_tcp(&listen.to_string());
+        }
         server.add_service(svc);
     }
     if let Some(addr) = admin_addr {

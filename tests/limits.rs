@@ -258,3 +258,24 @@ async fn proxy_protocol_headers_set_the_client_address_for_access_rules() {
         "{tls}"
     );
 }
+
+#[test]
+fn limit_and_stream_mistakes_are_config_errors() {
+    let out = check(
+        "limits: { header_timeout: 0s, keepalive_timeout: soon, max_connections: 0 }\nservices: { t: { targets: [\"127.0.0.1:1\"] } }\nstreams: [{ name: s, listen: \"127.0.0.1:1\", service: t, send_proxy_protocol: v3 }]\n",
+        &[],
+    );
+    assert_eq!(out.code, 1);
+    for want in [
+        "limits.header_timeout: \"0s\" must be greater than zero",
+        "limits.keepalive_timeout: ",
+        "limits.max_connections: max_connections must be at least 1, got 0",
+        "streams[0].send_proxy_protocol: \"v3\": write v1 or v2",
+    ] {
+        assert!(
+            out.stderr.contains(want),
+            "missing {want:?}:\n{}",
+            out.stderr
+        );
+    }
+}

@@ -184,9 +184,10 @@ async fn smuggling_probes_are_refused_and_never_reach_the_origin() {
         ("obfuscated TE", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
         ("space before colon", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
         ("bare LF", b"GET / HTTP/1.1\nHost: a\n\n"),
-        ("invalid chunk size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
         ("TE list", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
         ("negative CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"),
+        // Last: its headers may reach the origin just after the client got its 400.
+        ("invalid chunk size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
     ];
     for (name, probe) in probes {
         let before = o.hits();
@@ -337,4 +338,66 @@ fn upstream_protocol_and_tls_mistakes_are_config_errors() {
             out.stderr
         );
     }
+}
+
+/// A TCP backend that expects a PROXY v2 header, answers with the source address it names,
+/// then echoes.
+async fn proxy_aware_echo() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut h = [0u8; 28];
+                if s.read_exact(&mut h).await.is_err() {
+                    return;
+                }
+                let line = if &h[..12] == b"\r\n\r\n\0\r\nQUIT\n" && h[12] == 0x21 && h[13] == 0x11
+                {
+                    let ip = std::net::Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+                    let port = u16::from_be_bytes([h[24], h[25]]);
+                    format!("from {ip}:{port}\n")
+                } else {
+                    "no PROXY v2 header\n".to_string()
+                };
+                let _ = s.write_all(line.as_bytes()).await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_stream_listener_terminates_and_sends_proxy_protocol() {
+    let backend = proxy_aware_echo().await;
+    let listen = free_port();
+    let _gh = Gatehouse::start(&format!(
+        "services: {{ tcp: {{ targets: [\"{backend}\"] }} }}\nstreams: [{{ name: secure, listen: \"127.0.0.1:{listen}\", service: tcp, tls: true, send_proxy_protocol: v2 }}]\n"
+    ))
+    .await;
+    let (said, echoed, local_port) = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, Read, Write};
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        let local_port = tcp.local_addr().unwrap().port();
+        let mut c = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+        c.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        // An HTTP client's ALPN offer: a raw stream listener must not pick h2.
+        c.set_alpn_protos(b"\x02h2\x08http/1.1").unwrap();
+        let s = c.build().connect("tcp.test", tcp).unwrap();
+        assert_eq!(s.ssl().selected_alpn_protocol(), None);
+        let mut s = std::io::BufReader::new(s);
+        let mut said = String::new();
+        s.read_line(&mut said).unwrap();
+        s.get_mut().write_all(b"ping").unwrap();
+        let mut echoed = [0u8; 4];
+        s.read_exact(&mut echoed).unwrap();
+        (said, echoed, local_port)
+    })
+    .await
+    .unwrap();
+    assert_eq!(said, format!("from 127.0.0.1:{local_port}\n"));
+    assert_eq!(&echoed, b"ping");
 }

@@ -158,9 +158,9 @@ backend be
     return Proc("haproxy", ["haproxy", "-db", "-f", conf], port, tls)
 
 
-def gatehouse(d, backend, cert, key, policy=False):
+def gatehouse(d, backend, cert, key, policy=False, binary=GATEHOUSE, name=None):
     port, tls = free_port(), free_port()
-    name = "gatehouse-policy" if policy else "gatehouse"
+    name = name or ("gatehouse-policy" if policy else "gatehouse")
     routes = ""
     if policy:
         # 1,000 routes: 100 hosts (one in five a wildcard) x 10 paths, the benchmark's own last.
@@ -195,7 +195,7 @@ ingresses:
   - name: bench
     rules:
 {routes}{last}""")
-    return Proc(name, [GATEHOUSE, "run", "-c", conf], port, tls)
+    return Proc(name, [binary, "run", "-c", conf], port, tls)
 
 
 def bare(backend):
@@ -260,15 +260,23 @@ def main():
         "nginx-policy": nginx_proxy(d, backend.port, cert, key, policy=True),
         "haproxy": haproxy(d, backend.port, pem),
     }
+    # A/B against an older build: BENCH_BASELINE=/path/to/old/gatehouse adds "gatehouse-before"
+    # to the plain scenarios (the policy scenario too, with its configuration).
+    baseline = os.environ.get("BENCH_BASELINE")
+    extra = []
+    if baseline:
+        procs["gatehouse-before"] = gatehouse(d, backend.port, cert, key, binary=baseline,
+                                              name="gatehouse-before")
+        extra = ["gatehouse-before"]
     path = "/api/v1/items/42"
     scenarios = {
-        "plain keep-alive (wrk)": (["gatehouse", "pingora-bare", "nginx", "haproxy"],
+        "plain keep-alive (wrk)": (["gatehouse", *extra, "pingora-bare", "nginx", "haproxy"],
                                    lambda p: wrk(f"http://127.0.0.1:{p.port}{path}", a.duration, a.connections)),
-        "new connection per request (wrk)": (["gatehouse", "pingora-bare", "nginx", "haproxy"],
+        "new connection per request (wrk)": (["gatehouse", *extra, "pingora-bare", "nginx", "haproxy"],
                                    lambda p: wrk(f"http://127.0.0.1:{p.port}{path}", a.duration, a.connections, close=True)),
         "1,000 routes + every policy (wrk)": (["gatehouse-policy", "gatehouse", "nginx-policy"],
                                    lambda p: wrk(f"http://127.0.0.1:{p.port}{path}", a.duration, a.connections)),
-        "TLS termination, HTTP/2 (h2load)": (["gatehouse", "nginx", "haproxy"],
+        "TLS termination, HTTP/2 (h2load)": (["gatehouse", *extra, "nginx", "haproxy"],
                                    lambda p: h2load(f"https://127.0.0.1:{p.tls_port}{path}", a.duration, a.connections)),
     }
     results = {s: {n: [] for n in names} for s, (names, _) in scenarios.items()}

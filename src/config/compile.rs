@@ -14,6 +14,7 @@ use crate::policy::Policy;
 use crate::policy::TrustedProxies;
 use crate::routing::{HostPattern, PathPattern, RouteId, Router};
 use crate::runtime::{DirectResponse, Route, RouteAction, Runtime, ServerSettings};
+use crate::stream::ProxyVersion;
 use crate::stream::StreamConfig;
 use crate::upstream::{Pool, PoolId};
 use bytes::Bytes;
@@ -191,7 +192,9 @@ pub fn compile(loaded: &Loaded, previous: Option<&Runtime>) -> Result<Runtime, C
         file: &loaded.main_file,
         out: &mut errors,
     };
-    let streams = compile_streams(&main.streams, &pool_ids, &known, &listen_http, &mut e);
+    let http_listeners: Vec<SocketAddr> =
+        listen_http.iter().chain(&listen_https).copied().collect();
+    let streams = compile_streams(&main.streams, &pool_ids, &known, &http_listeners, &mut e);
 
     let mut pools = Vec::with_capacity(pool_configs.len());
     for cfg in pool_configs {
@@ -312,12 +315,26 @@ fn compile_streams(
         };
         let idle = positive_duration(&s.idle_timeout, Duration::from_secs(600));
         let idle_timeout = e.take(idle, format!("{at}.idle_timeout"), Duration::from_secs(600));
+        let send_proxy = match s.send_proxy_protocol.as_deref() {
+            None => None,
+            Some("v1") => Some(ProxyVersion::V1),
+            Some("v2") => Some(ProxyVersion::V2),
+            Some(other) => {
+                e.push(
+                    format!("{at}.send_proxy_protocol"),
+                    format!("{other:?}: write v1 or v2"),
+                );
+                None
+            }
+        };
         if let (Ok(listen), Some(pool), true) = (listen, pool, e.out.len() == before) {
             out.push(StreamConfig {
                 name: s.name.clone(),
                 listen,
                 pool,
                 idle_timeout,
+                tls: s.tls,
+                send_proxy,
             });
         }
     }

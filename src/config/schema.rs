@@ -47,6 +47,11 @@ pub struct StreamSpec {
     pub service: String,
     /// Close the connection when nothing moved either way for this long (default 10m).
     pub idle_timeout: Option<String>,
+    /// Terminate TLS on this listener (certificates from `tls`, by SNI).
+    #[serde(default)]
+    pub tls: bool,
+    /// Tell the backend the client's address with a PROXY protocol header: `v1` or `v2`.
+    pub send_proxy_protocol: Option<String>,
 }
 
 /// Sizes are bytes, or strings with a unit: `512k`, `10m`, `1g` (powers of 1024).

@@ -157,8 +157,15 @@ pub fn v2(source: SocketAddr, dest: SocketAddr) -> Vec<u8> {
             out.extend_from_slice(&s.port().to_be_bytes());
             out.extend_from_slice(&d.port().to_be_bytes());
         }
-        _ => out.extend_from_slice(&[0x20, 0x00, 0, 0]),
+        _ => return v2_local(),
     }
+    out
+}
+
+/// The v2 LOCAL header: no address to report.
+pub fn v2_local() -> Vec<u8> {
+    let mut out = V2_SIGNATURE.to_vec();
+    out.extend_from_slice(&[0x20, 0x00, 0, 0]);
     out
 }
 

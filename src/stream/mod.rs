@@ -3,6 +3,7 @@
 //! pool's balancer among healthy backends, with connect retries on other backends, the pool's
 //! connect timeout and the stream's idle timeout. Imports: runtime, upstream, metrics.
 
+use crate::downstream::proxy_protocol;
 use crate::metrics;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
@@ -24,6 +25,16 @@ pub struct StreamConfig {
     pub listen: SocketAddr,
     pub pool: crate::upstream::PoolId,
     pub idle_timeout: Duration,
+    /// TLS terminated on the listener.
+    pub tls: bool,
+    /// A PROXY protocol header sent to the backend first.
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// The app behind one stream listener. It looks its configuration up by name in the current
@@ -88,7 +99,7 @@ impl ServerApp for StreamProxy {
             .and_then(|p| p.as_inet())
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
-        let Some((upstream, addr)) = self.connect(&rt, cfg, key.as_bytes()).await else {
+        let Some((mut upstream, addr)) = self.connect(&rt, cfg, key.as_bytes()).await else {
             log::warn!("stream {}: no backend accepted the connection", cfg.name);
             m.stream_connections
                 .with_label_values(&[&cfg.name, "no_backend"])
@@ -98,6 +109,24 @@ impl ServerApp for StreamProxy {
         m.stream_connections
             .with_label_values(&[&cfg.name, "proxied"])
             .inc();
+        if let Some(version) = cfg.send_proxy {
+            let local = client
+                .get_socket_digest()
+                .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+            let header = match (peer.as_ref().and_then(|p| p.as_inet()), local) {
+                (Some(src), Some(dst)) => match version {
+                    ProxyVersion::V1 => proxy_protocol::v1(*src, dst),
+                    ProxyVersion::V2 => proxy_protocol::v2(*src, dst),
+                },
+                _ => match version {
+                    ProxyVersion::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+                    ProxyVersion::V2 => proxy_protocol::v2_local(),
+                },
+            };
+            if upstream.write_all(&header).await.is_err() {
+                return None;
+            }
+        }
         let pool = rt.pool(cfg.pool);
         let _inflight = pool.track(addr);
         let (up, down) = pipe(&mut client, upstream, cfg.idle_timeout).await;

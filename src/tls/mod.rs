@@ -37,7 +37,11 @@ DES-CBC3-SHA:@SECLEVEL=0";
 
 /// Settings for one HTTPS listener: the preset, h2 + http/1.1 by ALPN, certificates from
 /// `store` chosen per SNI at handshake time.
-pub fn listener_settings(store: Arc<CertStore>, preset: Preset) -> pingora::Result<TlsSettings> {
+pub fn listener_settings(
+    store: Arc<CertStore>,
+    preset: Preset,
+    http: bool,
+) -> pingora::Result<TlsSettings> {
     let callbacks: TlsAcceptCallbacks = Box::new(SniCallback { store });
     let mut settings = TlsSettings::with_callbacks(callbacks)?;
     let tls_err = |e: openssl::error::ErrorStack| {
@@ -62,9 +66,11 @@ pub fn listener_settings(store: Arc<CertStore>, preset: Preset) -> pingora::Resu
     }
     // Pingora's `enable_h2()` with one addition: `acme-tls/1`, which only ACME validators
     // offer (RFC 8737), so that TLS-ALPN-01 can be answered on this listener.
-    settings.set_alpn_select_callback(|_, offered| {
+    // Stream listeners (`http: false`) carry raw bytes: no HTTP protocol is negotiated.
+    let protocols: &'static [u8] = if http { H2_H1 } else { b"" };
+    settings.set_alpn_select_callback(move |_, offered| {
         select_next_proto(ACME_TLS_ALPN, offered)
-            .or_else(|| select_next_proto(H2_H1, offered))
+            .or_else(|| select_next_proto(protocols, offered))
             .ok_or(AlpnError::NOACK)
     });
     Ok(settings)
