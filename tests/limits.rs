@@ -279,3 +279,128 @@ fn limit_and_stream_mistakes_are_config_errors() {
         );
     }
 }
+
+/// A raw HTTP/2 client over TLS (ALPN h2), for frames no well-behaved client sends.
+struct RawH2 {
+    s: openssl::ssl::SslStream<std::net::TcpStream>,
+}
+
+impl RawH2 {
+    fn connect(port: u16) -> RawH2 {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut c = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+        c.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        c.set_alpn_protos(b"\x02h2").unwrap();
+        let mut s = c.build().connect("x.test", tcp).unwrap();
+        assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        let mut h = RawH2 { s };
+        h.frame(0x4, 0, 0, &[]).unwrap(); // SETTINGS
+        h
+    }
+
+    fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> std::io::Result<()> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        self.s.write_all(&f)
+    }
+
+    /// Read frames until the server sends GOAWAY or closes; true if it did either.
+    fn goes_away(&mut self) -> bool {
+        let mut head = [0u8; 9];
+        loop {
+            if self.s.read_exact(&mut head).is_err() {
+                return true; // closed
+            }
+            let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if self.s.read_exact(&mut payload).is_err() {
+                return true;
+            }
+            if head[3] == 0x7 {
+                return true; // GOAWAY
+            }
+        }
+    }
+}
+
+/// `GET /` for x.test in HPACK: :method GET, :scheme https, :path /, :authority x.test.
+const GET_BLOCK: &[u8] = b"\x82\x87\x84\x41\x06x.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_and_continuation_floods_are_cut_off() {
+    let origin = Origin::start("app").await;
+    let https = free_port();
+    let w = write_config_listen(
+        &format!("  https: [\"127.0.0.1:{https}\"]\n"),
+        &one_route(origin.addr, ""),
+        &[],
+    );
+    let gh = Gatehouse::launch(w).await;
+    let (rapid_cut, sent_streams) = tokio::task::spawn_blocking(move || {
+        // Rapid reset (CVE-2023-44487): open and cancel streams as fast as possible.
+        let mut h = RawH2::connect(https);
+        let mut sent = 0u32;
+        for i in 0..20_000u32 {
+            let id = 2 * i + 1;
+            if h.frame(0x1, 0x4 | 0x1, id, GET_BLOCK).is_err()
+                || h.frame(0x3, 0, id, &8u32.to_be_bytes()).is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        (h.goes_away(), sent)
+    })
+    .await
+    .unwrap();
+    eprintln!("rapid reset: {sent_streams} streams sent, {} reached the origin", origin.hits());
+    assert!(rapid_cut, "the rapid-reset connection stayed open");
+    // The resets did not turn into 20,000 upstream requests.
+    assert!(origin.hits() < 1000, "{} of {sent_streams} reset streams reached the origin", origin.hits());
+    let (continuation_cut, bytes) = tokio::task::spawn_blocking(move || {
+        // CONTINUATION flood: a header block that never ends.
+        let mut h = RawH2::connect(https);
+        let _ = h.frame(0x1, 0x1, 1, GET_BLOCK); // END_STREAM, no END_HEADERS
+        let filler = {
+            // Literal header field without indexing, new name: "x-flood: aaaa...".
+            let mut b = vec![0x00, 0x07];
+            b.extend_from_slice(b"x-flood");
+            b.extend_from_slice(&[0x7f, 0x81, 0x7f]); // value length 16,384 - 14 (HPACK integer)
+            b.resize(16_384, b'a');
+            b
+        };
+        let mut bytes = 0usize;
+        while bytes < 256 << 20 {
+            if h.frame(0x9, 0, 1, &filler).is_err() {
+                break;
+            }
+            bytes += filler.len();
+        }
+        (h.goes_away(), bytes)
+    })
+    .await
+    .unwrap();
+    eprintln!("continuation flood: cut after {bytes} bytes");
+    assert!(continuation_cut, "the CONTINUATION flood was not cut");
+    assert!(bytes < 64 << 20, "accepted {bytes} bytes of one header block");
+    // Gatehouse is alive and serves everyone else, over HTTP/1.1 and HTTP/2.
+    let (status, _) = get_host(&client(), &gh.url("/"), "x.test").await;
+    assert_eq!(status, 200);
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .http2_prior_knowledge()
+        .resolve("x.test", ([127, 0, 0, 1], https).into())
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("https://x.test:{https}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
+}
