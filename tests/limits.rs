@@ -315,7 +315,8 @@ impl RawH2 {
             if self.s.read_exact(&mut head).is_err() {
                 return true; // closed
             }
-            let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
             let mut payload = vec![0u8; len];
             if self.s.read_exact(&mut payload).is_err() {
                 return true;
@@ -357,10 +358,17 @@ async fn http2_rapid_reset_and_continuation_floods_are_cut_off() {
     })
     .await
     .unwrap();
-    eprintln!("rapid reset: {sent_streams} streams sent, {} reached the origin", origin.hits());
+    eprintln!(
+        "rapid reset: {sent_streams} streams sent, {} reached the origin",
+        origin.hits()
+    );
     assert!(rapid_cut, "the rapid-reset connection stayed open");
     // The resets did not turn into 20,000 upstream requests.
-    assert!(origin.hits() < 1000, "{} of {sent_streams} reset streams reached the origin", origin.hits());
+    assert!(
+        origin.hits() < 1000,
+        "{} of {sent_streams} reset streams reached the origin",
+        origin.hits()
+    );
     let (continuation_cut, bytes) = tokio::task::spawn_blocking(move || {
         // CONTINUATION flood: a header block that never ends.
         let mut h = RawH2::connect(https);
@@ -386,7 +394,10 @@ async fn http2_rapid_reset_and_continuation_floods_are_cut_off() {
     .unwrap();
     eprintln!("continuation flood: cut after {bytes} bytes");
     assert!(continuation_cut, "the CONTINUATION flood was not cut");
-    assert!(bytes < 64 << 20, "accepted {bytes} bytes of one header block");
+    assert!(
+        bytes < 64 << 20,
+        "accepted {bytes} bytes of one header block"
+    );
     // Gatehouse is alive and serves everyone else, over HTTP/1.1 and HTTP/2.
     let (status, _) = get_host(&client(), &gh.url("/"), "x.test").await;
     assert_eq!(status, 200);
@@ -402,5 +413,8 @@ async fn http2_rapid_reset_and_continuation_floods_are_cut_off() {
         .send()
         .await
         .unwrap();
-    assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_2));
+    assert_eq!(
+        (r.status().as_u16(), r.version()),
+        (200, reqwest::Version::HTTP_2)
+    );
 }
