@@ -5,6 +5,10 @@
 //! Usage: `bare_proxy LISTEN_ADDR PEER_ADDR [THREADS]`
 
 use async_trait::async_trait;
+
+/// The same allocator as gatehouse, so that the distance between the two is our features'.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
