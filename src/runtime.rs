@@ -183,8 +183,15 @@ impl Runtime {
             let pool = &self.pool(st.pool).config.name;
             let _ = writeln!(
                 s,
-                "stream {} {} -> pool {pool} (idle {:?})",
-                st.name, st.listen, st.idle_timeout
+                "stream {} {}{} -> pool {pool} (idle {:?}{})",
+                st.name,
+                st.listen,
+                if st.tls { " (TLS)" } else { "" },
+                st.idle_timeout,
+                match st.send_proxy {
+                    Some(v) => format!(", sends PROXY {v:?}"),
+                    None => String::new(),
+                }
             );
         }
         let _ = writeln!(s, "{} pools:", self.pools.len());
@@ -199,10 +206,16 @@ impl Runtime {
                 Some(h) => format!("{:?} every {:?}", h.kind, h.interval),
                 None => "no active check".into(),
             };
+            let tls = match &c.tls {
+                Some(t) if t.verify => format!(" over TLS to {:?}", t.sni),
+                Some(_) => " over TLS (unverified)".to_string(),
+                None => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "  {} ({}, {}, retries {}): {}",
+                "  {} ({}{tls}, {}, {}, retries {}): {}",
                 c.name,
+                c.protocol.name(c.tls.is_some()),
                 c.balance.name(),
                 check,
                 c.retries,
