@@ -643,20 +643,21 @@ async fn layer_answer(
     Ok(out.body(bytes.into()).unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renews_early_when_the_ca_renewal_information_says_so() {
+/// Pebble (90-day certificates) behind a fault layer, and gatehouse ordering through it. Keep
+/// the whole value alive: dropping it stops them all.
+struct Layered {
+    _origin: Origin,
+    pebble: Pebble,
+    layer: Layer,
+    s: Setup,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn layered(faults: Faults) -> Layered {
     let origin = Origin::start("app").await;
     let (http, https) = (free_port(), free_port());
-    // 90-day certificates and the default 30-day window: only ARI can make one due.
     let pebble = Pebble::start(http, Duration::from_secs(90 * 86_400)).await;
-    let layer = Layer::start(
-        &pebble,
-        Faults {
-            ari: true,
-            ..Faults::default()
-        },
-    )
-    .await;
+    let layer = Layer::start(&pebble, faults).await;
     let storage = tempfile::tempdir().unwrap();
     let yaml = acme_yaml(
         &layer.directory(),
@@ -665,79 +666,86 @@ async fn renews_early_when_the_ca_renewal_information_says_so() {
         "",
         origin.addr,
     );
-    let (s, _keep) = start_gatehouse(yaml, Some((http, https))).await;
+    let (s, keep) = start_gatehouse(yaml, Some((http, https))).await;
+    Layered {
+        _origin: origin,
+        pebble,
+        layer,
+        s,
+        _dirs: (storage, keep),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renews_early_when_the_ca_renewal_information_says_so() {
+    // 90-day certificates and the default 30-day window: only ARI can make one due.
+    let l = layered(Faults {
+        ari: true,
+        ..Faults::default()
+    })
+    .await;
     // Issued, then asked about (window in the past: renewed at once, replacing it), then the
     // replacement asked about (window in 30 days: left alone).
     let settled = eventually(Duration::from_secs(30), async || {
-        let asked = layer.faults.ari_asked.lock().unwrap().clone();
+        let asked = l.layer.faults.ari_asked.lock().unwrap().clone();
         asked.len() >= 2 && asked.first() != asked.last()
     })
     .await;
-    assert!(settled, "{}", s.gh.log());
+    assert!(settled, "{}", l.s.gh.log());
     assert_eq!(
         metric(
-            &s.gh.metrics().await,
+            &l.s.gh.metrics().await,
             r#"gatehouse_acme_orders_total{result="success"}"#
         ),
         2.0,
         "{}",
-        s.gh.log()
+        l.s.gh.log()
     );
-    let orders = layer.faults.orders.lock().unwrap().clone();
-    assert_eq!(orders.len(), 2, "{orders:?}\n{}", s.gh.log());
+    let orders = l.layer.faults.orders.lock().unwrap().clone();
+    assert_eq!(orders.len(), 2, "{orders:?}\n{}", l.s.gh.log());
     assert!(orders[0].1.get("replaces").is_none());
-    let first_id = layer.faults.ari_asked.lock().unwrap()[0].clone();
+    let first_id = l.layer.faults.ari_asked.lock().unwrap()[0].clone();
     assert_eq!(orders[1].1["replaces"], first_id.as_str());
     assert!(
-        s.gh.log()
+        l.s.gh
+            .log()
             .contains("ACME: the CA suggests renewing shop.test between"),
         "{}",
-        s.gh.log()
+        l.s.gh.log()
     );
-    let root = pebble.issuing_root().await;
-    assert_eq!(origin_of(&https_get(&root, s.https).await.unwrap()), "app");
+    let root = l.pebble.issuing_root().await;
+    assert_eq!(
+        origin_of(&https_get(&root, l.s.https).await.unwrap()),
+        "app"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_order_waits_for_retry_after() {
-    let origin = Origin::start("app").await;
-    let (http, https) = (free_port(), free_port());
-    let pebble = Pebble::start(http, Duration::from_secs(90 * 86_400)).await;
-    let layer = Layer::start(
-        &pebble,
-        Faults {
-            rate_limited_orders: AtomicUsize::new(1),
-            retry_after: 3,
-            ..Faults::default()
-        },
-    )
+    // Our own backoff would retry after 1 s (`min_retry`); the CA asks for 3.
+    let l = layered(Faults {
+        rate_limited_orders: AtomicUsize::new(1),
+        retry_after: 3,
+        ..Faults::default()
+    })
     .await;
-    let storage = tempfile::tempdir().unwrap();
-    // Our own backoff would retry after 1 s; the CA asks for 3.
-    let yaml = acme_yaml(
-        &layer.directory(),
-        &pebble.ca_file,
-        storage.path(),
-        "",
-        origin.addr,
-    );
-    let (s, _keep) = start_gatehouse(yaml, Some((http, https))).await;
     let issued =
-        s.gh.metric_reaches(
-            r#"gatehouse_acme_orders_total{result="success"}"#,
-            1.0,
-            Duration::from_secs(30),
-        )
-        .await;
-    assert!(issued, "{}", s.gh.log());
-    let orders = layer.faults.orders.lock().unwrap().clone();
-    assert_eq!(orders.len(), 2, "{}", s.gh.log());
+        l.s.gh
+            .metric_reaches(
+                r#"gatehouse_acme_orders_total{result="success"}"#,
+                1.0,
+                Duration::from_secs(30),
+            )
+            .await;
+    assert!(issued, "{}", l.s.gh.log());
+    let orders = l.layer.faults.orders.lock().unwrap().clone();
+    assert_eq!(orders.len(), 2, "{}", l.s.gh.log());
     let waited = orders[1].0 - orders[0].0;
     assert!(
         waited >= Duration::from_millis(2900),
         "retried after {waited:?}"
     );
-    let log = s.gh.log();
+    let log = l.s.gh.log();
     assert!(
         log.contains("rateLimited") && log.contains("retrying in 3s (the CA asked for 3s)"),
         "{log}"

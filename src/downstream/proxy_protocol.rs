@@ -141,24 +141,18 @@ pub fn v1(source: SocketAddr, dest: SocketAddr) -> Vec<u8> {
 
 /// The v2 header for a connection from `source` to `dest`.
 pub fn v2(source: SocketAddr, dest: SocketAddr) -> Vec<u8> {
-    let mut out = V2_SIGNATURE.to_vec();
-    match (source, dest) {
-        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
-            out.extend_from_slice(&[0x21, 0x11, 0, 12]);
-            out.extend_from_slice(&s.ip().octets());
-            out.extend_from_slice(&d.ip().octets());
-            out.extend_from_slice(&s.port().to_be_bytes());
-            out.extend_from_slice(&d.port().to_be_bytes());
-        }
-        (SocketAddr::V6(s), SocketAddr::V6(d)) => {
-            out.extend_from_slice(&[0x21, 0x21, 0, 36]);
-            out.extend_from_slice(&s.ip().octets());
-            out.extend_from_slice(&d.ip().octets());
-            out.extend_from_slice(&s.port().to_be_bytes());
-            out.extend_from_slice(&d.port().to_be_bytes());
-        }
+    let (family, src, dst): (u8, Vec<u8>, Vec<u8>) = match (source.ip(), dest.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (0x11, s.octets().into(), d.octets().into()),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (0x21, s.octets().into(), d.octets().into()),
         _ => return v2_local(),
-    }
+    };
+    let mut out = V2_SIGNATURE.to_vec();
+    // PROXY command, TCP over the family, then the length of two addresses and two ports.
+    out.extend_from_slice(&[0x21, family, 0, (2 * src.len() + 4) as u8]);
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&source.port().to_be_bytes());
+    out.extend_from_slice(&dest.port().to_be_bytes());
     out
 }
 
