@@ -85,24 +85,24 @@ impl HeadDeadline {
         if self.phase != Phase::Head {
             return;
         }
-        let mut window = [0u8; 3 + 64];
-        let mut pos = 0;
-        // Look at the carried tail plus the new bytes, 64 at a time.
-        let mut carried = self.tail;
-        while pos < new.len() {
-            let take = (new.len() - pos).min(64);
-            window[..3].copy_from_slice(&carried);
-            window[3..3 + take].copy_from_slice(&new[pos..pos + take]);
-            let w = &window[..3 + take];
-            if w.windows(4).any(|x| x == b"\r\n\r\n") {
-                self.phase = Phase::Body;
-                self.deadline = None;
-                return;
-            }
-            carried.copy_from_slice(&w[w.len() - 3..]);
-            pos += take;
+        // The blank line may straddle two reads: look at the last 3 bytes before this read
+        // joined to the first 3 of it, then at the read itself.
+        let mut seam = [0u8; 6];
+        seam[..3].copy_from_slice(&self.tail);
+        let k = new.len().min(3);
+        seam[3..3 + k].copy_from_slice(&new[..k]);
+        let blank = |b: &[u8]| b.windows(4).any(|x| x == b"\r\n\r\n");
+        if blank(&seam[..3 + k]) || blank(new) {
+            self.phase = Phase::Body;
+            self.deadline = None;
+            return;
         }
-        self.tail = carried;
+        let joined = &seam[..3 + k];
+        self.tail.copy_from_slice(if new.len() >= 3 {
+            &new[new.len() - 3..]
+        } else {
+            &joined[joined.len() - 3..]
+        });
     }
 
     /// Follow the bytes about to be written.
@@ -284,6 +284,19 @@ mod tests {
         };
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         drop(writer);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_ending_one_byte_at_a_time_is_seen() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = guard(server, Duration::from_secs(10));
+        let mut buf = [0u8; 64];
+        for b in b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" {
+            assert_ne!(g.phase, Phase::Body);
+            client.write_all(&[*b]).await.unwrap();
+            assert_eq!(g.read(&mut buf).await.unwrap(), 1);
+        }
+        assert_eq!(g.phase, Phase::Body);
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,7 +7,7 @@
 mod head;
 pub mod proxy_protocol;
 
-pub use head::HeadDeadline;
+use head::HeadDeadline;
 
 use crate::metrics;
 use crate::runtime::Runtime;

@@ -42,6 +42,11 @@ fn status_error(code: u16, why: &'static str) -> Box<Error> {
 /// The error that sends a `retry_on` answer to another backend.
 const RETRY_STATUS: ErrorType = ErrorType::Custom("retry_on status");
 
+fn count_retry(ctx: &Ctx) {
+    let pool = ctx.pool.as_ref().map_or("", |p| p.config.name.as_str());
+    metrics::get().retries.with_label_values(&[pool]).inc();
+}
+
 /// Whether a request may be sent again: an idempotent method and a body (if any) still whole
 /// in Pingora's retry buffer. A POST is never replayed.
 fn may_replay(session: &Session) -> bool {
@@ -138,8 +143,7 @@ impl ProxyHttp for Gatehouse {
             && session.response_written().is_none();
         if retry {
             log::warn!("{e}; trying another backend");
-            let pool = ctx.pool.as_ref().map_or("", |p| p.config.name.as_str());
-            metrics::get().retries.with_label_values(&[pool]).inc();
+            count_retry(ctx);
         }
         e.set_retry(retry);
         e
@@ -156,9 +160,8 @@ impl ProxyHttp for Gatehouse {
         if let (Some(pool), Some(addr)) = (&ctx.pool, ctx.tried.last()) {
             pool.record(*addr, false);
         }
-        let retries = ctx.pool.as_ref().map_or(0, |p| p.config.retries);
         // Nothing reached the backend yet, so any method may go to another one.
-        let retry = ctx.tried.len() <= retries;
+        let retry = ctx.pool.as_ref().is_some_and(|p| p.may_retry(&ctx.tried));
         log::warn!(
             "connect to {} failed: {}{}",
             peer,
@@ -170,8 +173,7 @@ impl ProxyHttp for Gatehouse {
             }
         );
         if retry {
-            let pool = ctx.pool.as_ref().map_or("", |p| p.config.name.as_str());
-            metrics::get().retries.with_label_values(&[pool]).inc();
+            count_retry(ctx);
         }
         e.set_retry(retry);
         e
