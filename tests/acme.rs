@@ -1,9 +1,10 @@
 //! ACME end to end against Debian's Pebble (Let's Encrypt's test server): issuance over
-//! HTTP-01, reuse after a restart, renewal inside the window, and an unreachable CA.
+//! HTTP-01 and TLS-ALPN-01, reuse after a restart, renewal inside the window, an unreachable
+//! CA; and, through a fault layer in front of Pebble, renewal information (ARI) and rate limits
+//! with Retry-After.
 
 mod common;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,25 +61,10 @@ impl Pebble {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // A throwaway CA and a localhost certificate for Pebble's own HTTPS endpoint.
-        let ca_key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(DnType::CommonName, "pebble test CA");
-        let ca = p.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let names = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(d.join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(d.join("key.pem"), key.serialize_pem()).unwrap();
+        let t = test_cert(&["localhost", "127.0.0.1", "::1"]);
+        std::fs::write(d.join("ca.pem"), t.ca_pem).unwrap();
+        std::fs::write(d.join("cert.pem"), t.cert_pem).unwrap();
+        std::fs::write(d.join("key.pem"), t.key_pem).unwrap();
 
         let (dns, stub_mgmt) = (udp_port(), free_port());
         let mut stub = Command::new("pebble-challtestsrv")
@@ -166,7 +152,9 @@ impl Pebble {
     }
 }
 
-fn acme_yaml(dir: &str, ca: &Path, storage: &Path, extra: &str, origin: SocketAddr) -> String {
+/// The configuration: `tls.acme` for `dir` (plus `acme_extra`, more keys of that section) and
+/// one ingress for shop.test.
+fn acme_yaml(dir: &str, ca: &Path, storage: &Path, acme_extra: &str, origin: SocketAddr) -> String {
     format!(
         r#"tls:
   acme:
@@ -177,7 +165,7 @@ fn acme_yaml(dir: &str, ca: &Path, storage: &Path, extra: &str, origin: SocketAd
     check_interval: 1s
     min_retry: 1s
     max_retry: 4s
-{extra}services: {{ app: {{ targets: ["{origin}"] }} }}
+{acme_extra}services: {{ app: {{ targets: ["{origin}"] }} }}
 ingresses:
   - name: shop
     tls: {{ acme: true }}
@@ -305,12 +293,8 @@ async fn renews_when_inside_the_window() {
         &pebble.directory(),
         &pebble.ca_file,
         storage.path(),
-        "",
+        "    renew_before: 2h\n",
         origin.addr,
-    )
-    .replace(
-        "check_interval: 1s",
-        "check_interval: 1s\n    renew_before: 2h",
     );
     let (s, _keep) = start_gatehouse(yaml, Some((http, https))).await;
     let renewed =
@@ -763,12 +747,8 @@ async fn issues_over_tls_alpn01_on_the_https_listener() {
         &pebble.directory(),
         &pebble.ca_file,
         storage.path(),
-        "",
+        "    challenge: tls-alpn-01\n",
         origin.addr,
-    )
-    .replace(
-        "check_interval: 1s",
-        "check_interval: 1s\n    challenge: tls-alpn-01",
     );
     let (s, _keep) = start_gatehouse(yaml, Some((http, https))).await;
     let root = pebble.issuing_root().await;
@@ -787,11 +767,8 @@ async fn issues_over_tls_alpn01_on_the_https_listener() {
     // With no order waiting, an acme-tls/1 handshake gets no certificate at all.
     let https_port = s.https.port();
     let refused = tokio::task::spawn_blocking(move || {
-        let mut c = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
-        c.set_verify(openssl::ssl::SslVerifyMode::NONE);
-        c.set_alpn_protos(b"\x0aacme-tls/1").unwrap();
         let tcp = std::net::TcpStream::connect(("127.0.0.1", https_port)).unwrap();
-        c.build().connect("shop.test", tcp).is_err()
+        insecure_tls(tcp, "shop.test", b"\x0aacme-tls/1").is_err()
     })
     .await
     .unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn one_route(origin: std::net::SocketAddr, access: &str) -> String {
+fn route_to(origin: std::net::SocketAddr, access: &str) -> String {
     format!(
         "services: {{ s: {{ targets: [\"{origin}\"] }} }}\ningresses:\n  - rules: [{{ paths: [{{ path: /, service: s{access} }}] }}]\n"
     )
@@ -30,7 +30,7 @@ async fn a_slowloris_client_is_cut_at_the_header_timeout_and_others_are_served()
     let origin = Origin::start("app").await;
     let gh = Gatehouse::start(&format!(
         "limits: {{ header_timeout: 1s }}\n{}",
-        one_route(origin.addr, "")
+        route_to(origin.addr, "")
     ))
     .await;
     let mut slow = TcpStream::connect(("127.0.0.1", gh.port)).await.unwrap();
@@ -96,7 +96,7 @@ async fn idle_keepalive_connections_are_closed_after_the_keepalive_timeout() {
     let origin = Origin::start("app").await;
     let gh = Gatehouse::start(&format!(
         "limits: {{ keepalive_timeout: 1s }}\n{}",
-        one_route(origin.addr, "")
+        route_to(origin.addr, "")
     ))
     .await;
     let mut s = TcpStream::connect(("127.0.0.1", gh.port)).await.unwrap();
@@ -122,7 +122,7 @@ async fn connections_above_max_connections_are_closed_at_once() {
     let origin = Origin::start("app").await;
     let gh = Gatehouse::start(&format!(
         "limits: {{ max_connections: 2 }}\n{}",
-        one_route(origin.addr, "")
+        route_to(origin.addr, "")
     ))
     .await;
     // The harness's readiness probe has come and gone; wait until the listener is free.
@@ -193,7 +193,7 @@ async fn proxy_protocol_headers_set_the_client_address_for_access_rules() {
     let https = free_port();
     let w = write_config_listen(
         &format!("  https: [\"127.0.0.1:{https}\"]\n  proxy_protocol: true\n"),
-        &one_route(
+        &route_to(
             origin.addr,
             ", access: { allow: [10.0.0.0/8], deny: [10.0.50.0/24] }",
         ),
@@ -241,9 +241,7 @@ async fn proxy_protocol_headers_set_the_client_address_for_access_rules() {
         let mut tcp = std::net::TcpStream::connect(("127.0.0.1", https)).unwrap();
         tcp.write_all(b"PROXY TCP4 10.0.1.100 127.0.0.1 40000 443\r\n")
             .unwrap();
-        let mut c = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
-        c.set_verify(openssl::ssl::SslVerifyMode::NONE);
-        let mut s = c.build().connect("x.test", tcp).unwrap();
+        let mut s = insecure_tls(tcp, "x.test", b"").unwrap();
         s.write_all(b"GET /who HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut out = Vec::new();
@@ -289,10 +287,7 @@ impl RawH2 {
     fn connect(port: u16) -> RawH2 {
         let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut c = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
-        c.set_verify(openssl::ssl::SslVerifyMode::NONE);
-        c.set_alpn_protos(b"\x02h2").unwrap();
-        let mut s = c.build().connect("x.test", tcp).unwrap();
+        let mut s = insecure_tls(tcp, "x.test", b"\x02h2").unwrap();
         assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
         s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
         let mut h = RawH2 { s };
@@ -337,7 +332,7 @@ async fn http2_rapid_reset_and_continuation_floods_are_cut_off() {
     let https = free_port();
     let w = write_config_listen(
         &format!("  https: [\"127.0.0.1:{https}\"]\n"),
-        &one_route(origin.addr, ""),
+        &route_to(origin.addr, ""),
         &[],
     );
     let gh = Gatehouse::launch(w).await;

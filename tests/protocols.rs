@@ -210,10 +210,6 @@ async fn smuggling_probes_are_refused_and_never_reach_the_origin() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
-fn upstream_route(service: &str) -> String {
-    format!("ingresses:\n  - rules: [{{ paths: [{{ path: /, service: {service} }}] }}]\n")
-}
-
 /// (status, origin version) of a GET through gatehouse.
 async fn version_seen(gh: &Gatehouse) -> (u16, String) {
     let (status, body) = get_host(&client(), &gh.url("/v"), "x.test").await;
@@ -235,7 +231,7 @@ async fn tls_upstream_is_verified_against_its_ca_and_name() {
         format!(
             "services:\n  s: {{ targets: [\"{}\"], tls: {tls} }}\n{}",
             origin.addr,
-            upstream_route("s")
+            one_route("s")
         )
     };
     // The right CA and name: proxied over TLS.
@@ -385,11 +381,8 @@ async fn tls_stream_listener_terminates_and_sends_proxy_protocol() {
         use std::io::{BufRead, Read, Write};
         let tcp = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
         let local_port = tcp.local_addr().unwrap().port();
-        let mut c = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
-        c.set_verify(openssl::ssl::SslVerifyMode::NONE);
         // An HTTP client's ALPN offer: a raw stream listener must not pick h2.
-        c.set_alpn_protos(b"\x02h2\x08http/1.1").unwrap();
-        let s = c.build().connect("tcp.test", tcp).unwrap();
+        let s = insecure_tls(tcp, "tcp.test", b"\x02h2\x08http/1.1").unwrap();
         assert_eq!(s.ssl().selected_alpn_protocol(), None);
         let mut s = std::io::BufReader::new(s);
         let mut said = String::new();

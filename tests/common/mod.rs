@@ -65,31 +65,68 @@ pub enum Mode {
     Tls(Arc<openssl::ssl::SslAcceptor>),
 }
 
-/// A TLS acceptor for an origin: a certificate for `names` signed by a fresh CA (returned as
-/// PEM), offering h2 by ALPN when `h2`.
-pub fn origin_tls(names: &[&str], h2: bool) -> (Arc<openssl::ssl::SslAcceptor>, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+/// One route, `/` on every host, to `service`.
+pub fn one_route(service: &str) -> String {
+    format!("ingresses:\n  - rules: [{{ paths: [{{ path: /, service: {service} }}] }}]\n")
+}
+
+/// A blocking TLS handshake over `tcp` that does not verify the server (gatehouse's
+/// self-signed fallback), offering `alpn` (wire format; empty offers none).
+pub fn insecure_tls(
+    tcp: std::net::TcpStream,
+    sni: &str,
+    alpn: &[u8],
+) -> Result<
+    openssl::ssl::SslStream<std::net::TcpStream>,
+    openssl::ssl::HandshakeError<std::net::TcpStream>,
+> {
+    let mut c = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    c.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    if !alpn.is_empty() {
+        c.set_alpn_protos(alpn).unwrap();
+    }
+    c.build().connect(sni, tcp)
+}
+
+/// A throwaway CA and a certificate for `names` signed by it, as PEM.
+pub struct TestCert {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub fn test_cert(names: &[&str]) -> TestCert {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     // Distinct subjects: with rcgen's default for both, the leaf would look self-issued.
     p.distinguished_name
-        .push(rcgen::DnType::CommonName, "origin test CA");
+        .push(DnType::CommonName, "gatehouse test CA");
     let ca = p.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut leaf = CertificateParams::new(names.clone()).unwrap();
     leaf.distinguished_name
-        .push(rcgen::DnType::CommonName, names[0].as_str());
+        .push(DnType::CommonName, names[0].as_str());
     let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    TestCert {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// A TLS acceptor for an origin: a certificate for `names` signed by a fresh CA (returned as
+/// PEM), offering h2 by ALPN when `h2`.
+pub fn origin_tls(names: &[&str], h2: bool) -> (Arc<openssl::ssl::SslAcceptor>, String) {
+    let t = test_cert(names);
     let mut b =
         openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls()).unwrap();
-    b.set_certificate(&openssl::x509::X509::from_pem(cert.pem().as_bytes()).unwrap())
+    b.set_certificate(&openssl::x509::X509::from_pem(t.cert_pem.as_bytes()).unwrap())
         .unwrap();
-    b.set_private_key(
-        &openssl::pkey::PKey::private_key_from_pem(key.serialize_pem().as_bytes()).unwrap(),
-    )
-    .unwrap();
+    b.set_private_key(&openssl::pkey::PKey::private_key_from_pem(t.key_pem.as_bytes()).unwrap())
+        .unwrap();
     let protos: &'static [u8] = if h2 {
         b"\x02h2\x08http/1.1"
     } else {
@@ -98,7 +135,7 @@ pub fn origin_tls(names: &[&str], h2: bool) -> (Arc<openssl::ssl::SslAcceptor>, 
     b.set_alpn_select_callback(move |_, client| {
         openssl::ssl::select_next_proto(protos, client).ok_or(openssl::ssl::AlpnError::NOACK)
     });
-    (Arc::new(b.build()), ca.pem())
+    (Arc::new(b.build()), t.ca_pem)
 }
 
 /// An HTTP/1.1 origin that echoes the request as JSON: `{origin, method, uri, headers}`.
