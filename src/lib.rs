@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod ops;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod routing;
 pub mod runtime;
 pub mod stream;

@@ -2,14 +2,14 @@
 //! connection limit, the PROXY protocol (the client address a TCP load balancer in front of
 //! gatehouse reports) and the deadline on every request head. [`Guard`] wraps the HTTP proxy
 //! app; settings come from the current runtime, so a reload applies them to new connections.
-//! Imports: runtime, metrics.
+//! Imports: runtime, metrics, proxy_protocol.
 
 mod head;
-pub mod proxy_protocol;
 
 use head::HeadDeadline;
 
 use crate::metrics;
+use crate::proxy_protocol::{self, Header};
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -19,7 +19,6 @@ use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
-use proxy_protocol::Header;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};

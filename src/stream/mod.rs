@@ -1,10 +1,10 @@
 //! Raw TCP proxying (`streams:`, like nginx `stream` or liteginx's `kind: tcp`): each
 //! connection to a stream listener is piped to a backend of the stream's pool, chosen by the
 //! pool's balancer among healthy backends, with connect retries on other backends, the pool's
-//! connect timeout and the stream's idle timeout. Imports: runtime, upstream, metrics.
+//! connect timeout and the stream's idle timeout. Imports: runtime, upstream, proxy_protocol, metrics.
 
-use crate::downstream::proxy_protocol;
 use crate::metrics;
+use crate::proxy_protocol;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;

@@ -1,6 +1,7 @@
-//! The PROXY protocol (HAProxy's, versions 1 and 2), as sent by TCP load balancers in front of
-//! gatehouse: the client's address, before anything else on the connection. Only what the
-//! header says about addresses is used; v2 TLVs are skipped.
+//! The PROXY protocol (HAProxy's, versions 1 and 2): the client's address, before anything else
+//! on a connection. Parsed on listeners behind a TCP load balancer (`downstream`), written to
+//! stream backends (`stream`). Only what a header says about addresses is used; v2 TLVs are
+//! skipped. A leaf: imports nothing of gatehouse.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
