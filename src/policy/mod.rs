@@ -3,7 +3,7 @@
 //!
 //! Each piece takes plain values (IpAddr, &str, header maps) and returns a decision; none
 //! touches the pingora Session, so each is unit-tested and benchmarked alone.
-//! Imports: ipnet, regex, quanta, http.
+//! Imports: ipnet, regex, ahash, http.
 
 pub mod access;
 pub mod client_ip;

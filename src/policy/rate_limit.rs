@@ -8,17 +8,21 @@
 //! million tracked clients is a random memory access, and the cost is the cache and TLB
 //! misses on the way to the key's state. Here a key is a 64-bit keyed hash stored inline with
 //! its theoretical arrival time (16 bytes, one cache line touched), in 64 open-addressing
-//! shards behind uncontended mutexes. Over 1,000,000 keys a check went from 292 ns (governor,
-//! mimalloc) to 205 ns; of those, reading the clock costs ~140 ns on this VM (the same loop
-//! with a constant time: 72 ns), see `benches/policy.rs`. Keys whose bucket is full again are
-//! indistinguishable from fresh ones and are evicted periodically, which also shrinks the
-//! tables.
+//! shards behind uncontended mutexes. Keys whose bucket is full again are indistinguishable
+//! from fresh ones and are evicted periodically, which also shrinks the tables.
+//!
+//! The caller says when the request arrived instead of the limiter reading the clock: the
+//! proxy has read it once per request already (`Ctx::started`, for the access log and the
+//! duration metrics), and a second read next to the table's cache miss cost more than the
+//! whole lookup on this VM (1,000,000 keys: 186 ns with a read of its own, see
+//! `benches/policy.rs`). The arrival time is also the right time for GCRA: a request that
+//! waited a few microseconds in the parser is counted when it came.
 
 use ahash::RandomState;
 use http::HeaderName;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// What requests are counted together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,17 +48,14 @@ impl RateLimit {
     }
 }
 
-/// Nanoseconds on one monotonic clock shared by every limiter (quanta reads the TSC: a few ns;
-/// making a clock calibrates it, ~0.2 ms, so it is made once).
-fn now_ns() -> u64 {
-    static CLOCK: OnceLock<(quanta::Clock, quanta::Instant)> = OnceLock::new();
-    let (clock, base) = CLOCK.get_or_init(|| {
-        let c = quanta::Clock::new();
-        let base = c.now();
-        (c, base)
-    });
-    // Never 0, so that a slot's zero `tat` always reads as "long ago".
-    u64::try_from(clock.now().duration_since(*base).as_nanos())
+/// The origin of the limiters' nanosecond timeline; set when the first limiter is built,
+/// before any request can be counted.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// `at` in nanoseconds since `EPOCH`; never 0, so that a slot's zero `tat` always reads as
+/// "long ago". A time from before the epoch counts as the epoch.
+fn ns(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos())
         .unwrap_or(u64::MAX)
         .saturating_add(1)
 }
@@ -154,6 +155,7 @@ impl RateLimiter {
         }
         let interval = interval as u64;
         let tolerance = interval.checked_mul(u64::from(config.burst))?;
+        LazyLock::force(&EPOCH);
         Some(RateLimiter {
             config,
             interval,
@@ -163,18 +165,24 @@ impl RateLimiter {
         })
     }
 
-    /// Count one request for `key`: `Err(wait)` when it is over the limit.
-    pub fn check_bytes(&self, key: &[u8]) -> Result<(), Duration> {
-        self.check_hash(self.seed.hash_one(key))
+    /// Count one request for `key` that arrived `at`: `Err(wait)` when it is over the limit.
+    pub fn check_bytes(&self, key: &[u8], at: Instant) -> Result<(), Duration> {
+        self.check_hash(self.seed.hash_one(key), at)
     }
 
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.check_hash(self.seed.hash_one(ip.to_canonical()))
+    pub fn check_ip(&self, ip: IpAddr, at: Instant) -> Result<(), Duration> {
+        // One 128-bit word per address; an IPv4 address and its IPv4-mapped IPv6 form are
+        // the same client.
+        let bits = match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+            IpAddr::V6(a) => a,
+        };
+        self.check_hash(self.seed.hash_one(bits.to_bits()), at)
     }
 
-    fn check_hash(&self, h: u64) -> Result<(), Duration> {
+    fn check_hash(&self, h: u64, at: Instant) -> Result<(), Duration> {
         let key = h.max(1);
-        let now = now_ns();
+        let now = ns(at);
         // The top bits pick the shard, the low bits the slot.
         let mut shard = lock(&self.shards[(key >> 58) as usize % SHARDS]);
         let slot = shard.slot(key);
@@ -189,7 +197,7 @@ impl RateLimiter {
 
     /// Drop keys whose bucket is full again, and give the memory back.
     pub fn evict_idle(&self) {
-        let now = now_ns();
+        let now = ns(Instant::now());
         for m in self.shards.iter() {
             let mut shard = lock(m);
             let live = shard
@@ -234,32 +242,51 @@ mod tests {
         let l = limiter(1.0, 4);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for i in 0..5 {
-            assert!(l.check_ip(ip).is_ok(), "request {i}");
+            assert!(l.check_ip(ip, Instant::now()).is_ok(), "request {i}");
         }
-        let wait = l.check_ip(ip).unwrap_err();
+        let wait = l.check_ip(ip, Instant::now()).unwrap_err();
         assert!(
             wait > Duration::from_millis(500) && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
         // Another client is not affected.
-        assert!(l.check_ip("10.0.0.2".parse().unwrap()).is_ok());
+        assert!(l.check_ip("10.0.0.2".parse().unwrap(), Instant::now()).is_ok());
         assert_eq!(l.tracked(), 2);
     }
 
     #[test]
     fn tokens_come_back_at_the_sustained_rate() {
         let l = limiter(1000.0, 0);
-        assert!(l.check_bytes(b"k").is_ok());
-        assert!(l.check_bytes(b"k").is_err());
+        assert!(l.check_bytes(b"k", Instant::now()).is_ok());
+        assert!(l.check_bytes(b"k", Instant::now()).is_err());
         std::thread::sleep(Duration::from_millis(3));
-        assert!(l.check_bytes(b"k").is_ok());
+        assert!(l.check_bytes(b"k", Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn requests_are_counted_at_their_arrival_time() {
+        let l = limiter(10.0, 1);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert!(l.check_bytes(b"k", t0).is_ok());
+        assert!(l.check_bytes(b"k", t0).is_ok());
+        assert_eq!(l.check_bytes(b"k", ms(40)), Err(Duration::from_millis(60)));
+        // One interval (100 ms) after the first arrival one token is back, not two.
+        assert!(l.check_bytes(b"k", ms(100)).is_ok());
+        assert!(l.check_bytes(b"k", ms(100)).is_err());
+        // A request that arrived earlier than one already counted (another thread was
+        // faster) is judged against the later state: stricter, never looser.
+        assert!(l.check_bytes(b"k", ms(90)).is_err());
+        // Arrival times from before the limiters' epoch count as the epoch.
+        let early = t0.checked_sub(Duration::from_secs(3600)).unwrap_or(t0);
+        assert!(l.check_bytes(b"other", early).is_ok());
     }
 
     #[test]
     fn idle_keys_are_evicted() {
         let l = limiter(1000.0, 0);
         for i in 0..100u32 {
-            let _ = l.check_bytes(&i.to_be_bytes());
+            let _ = l.check_bytes(&i.to_be_bytes(), Instant::now());
         }
         assert_eq!(l.tracked(), 100);
         std::thread::sleep(Duration::from_millis(5));
@@ -271,17 +298,17 @@ mod tests {
     fn tables_grow_shrink_and_keep_every_key_apart() {
         let l = limiter(1.0, 1);
         for i in 0..10_000u32 {
-            assert!(l.check_bytes(&i.to_be_bytes()).is_ok());
+            assert!(l.check_bytes(&i.to_be_bytes(), Instant::now()).is_ok());
         }
         assert_eq!(l.tracked(), 10_000);
         for i in 0..10_000u32 {
-            assert!(l.check_bytes(&i.to_be_bytes()).is_ok(), "second of {i}");
-            assert!(l.check_bytes(&i.to_be_bytes()).is_err(), "third of {i}");
+            assert!(l.check_bytes(&i.to_be_bytes(), Instant::now()).is_ok(), "second of {i}");
+            assert!(l.check_bytes(&i.to_be_bytes(), Instant::now()).is_err(), "third of {i}");
         }
         // Nobody is idle yet: eviction keeps every key and its state.
         l.evict_idle();
         assert_eq!(l.tracked(), 10_000);
-        assert!(l.check_bytes(&7u32.to_be_bytes()).is_err());
+        assert!(l.check_bytes(&7u32.to_be_bytes(), Instant::now()).is_err());
     }
 
     #[test]
@@ -299,7 +326,7 @@ mod tests {
     #[test]
     fn mapped_ipv6_shares_the_ipv4_bucket() {
         let l = limiter(1.0, 0);
-        assert!(l.check_ip("1.2.3.4".parse().unwrap()).is_ok());
-        assert!(l.check_ip("::ffff:1.2.3.4".parse().unwrap()).is_err());
+        assert!(l.check_ip("1.2.3.4".parse().unwrap(), Instant::now()).is_ok());
+        assert!(l.check_ip("::ffff:1.2.3.4".parse().unwrap(), Instant::now()).is_err());
     }
 }

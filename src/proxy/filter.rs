@@ -224,13 +224,15 @@ async fn enforce(session: &mut Session, ctx: &Ctx) -> Result<bool> {
     let Some(limiter) = &policy.rate_limit else {
         return Ok(false);
     };
+    // Counted at the request's arrival, already read for the access log.
+    let at = ctx.started;
     let verdict = match &limiter.config.key {
         RateKey::ClientIp => match ctx.client_ip {
-            Some(ip) => limiter.check_ip(ip),
-            None => limiter.check_bytes(b""),
+            Some(ip) => limiter.check_ip(ip, at),
+            None => limiter.check_bytes(b"", at),
         },
-        RateKey::Header(h) => limiter.check_bytes(session.get_header_bytes(h)),
-        RateKey::Route => limiter.check_bytes(b""),
+        RateKey::Header(h) => limiter.check_bytes(session.get_header_bytes(h), at),
+        RateKey::Route => limiter.check_bytes(b"", at),
     };
     let Err(wait) = verdict else { return Ok(false) };
     crate::metrics::get()
