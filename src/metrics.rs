@@ -3,10 +3,11 @@
 //! never by raw paths or client addresses.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Every metric gatehouse exports.
 pub struct Metrics {
@@ -264,29 +265,124 @@ pub fn get() -> &'static Metrics {
     M.get_or_init(Metrics::new)
 }
 
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+const STATUSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn method_index(m: &http::Method) -> usize {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+fn status_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
 /// `GET`, `HEAD`, `POST`, `PUT`, `DELETE`, `PATCH`, `OPTIONS` or `other`: bounded labels.
 pub fn method_class(m: &http::Method) -> &'static str {
-    match *m {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
+    METHODS[method_index(m)]
 }
 
 /// `1xx` ... `5xx`, or `none` when no response was sent.
 pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+    STATUSES[status_index(status)]
+}
+
+/// The per-request series of one route, looked up on first use and then kept with the route:
+/// a label lookup hashes the label values and takes a lock, so it is done once per route and
+/// series rather than four times per request. A series still appears in `/metrics` only once
+/// it has been used.
+#[derive(Clone, Default)]
+pub struct RouteSeries {
+    /// By method class, then status class; allocated on the route's first request.
+    requests: OnceLock<Box<[[OnceLock<IntCounter>; 6]; 8]>>,
+    duration: OnceLock<Histogram>,
+    request_bytes: OnceLock<IntCounter>,
+    response_bytes: OnceLock<IntCounter>,
+}
+
+impl std::fmt::Debug for RouteSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteSeries").finish_non_exhaustive()
+    }
+}
+
+/// What one finished request adds to its route's series.
+pub struct Finished<'a> {
+    pub method: &'a http::Method,
+    /// 0 when no response was sent.
+    pub status: u16,
+    pub elapsed: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl RouteSeries {
+    /// The series of requests that matched no route (`route="none"`).
+    pub fn unrouted() -> &'static RouteSeries {
+        static NONE: OnceLock<RouteSeries> = OnceLock::new();
+        NONE.get_or_init(RouteSeries::default)
+    }
+
+    pub fn record(&self, route: &str, r: Finished<'_>) {
+        let m = get();
+        let (mi, si) = (method_index(r.method), status_index(r.status));
+        self.requests.get_or_init(Box::default)[mi][si]
+            .get_or_init(|| {
+                m.requests
+                    .with_label_values(&[route, METHODS[mi], STATUSES[si]])
+            })
+            .inc();
+        self.duration
+            .get_or_init(|| m.request_duration.with_label_values(&[route]))
+            .observe(r.elapsed.as_secs_f64());
+        self.request_bytes
+            .get_or_init(|| m.request_bytes.with_label_values(&[route]))
+            .inc_by(r.bytes_in);
+        self.response_bytes
+            .get_or_init(|| m.response_bytes.with_label_values(&[route]))
+            .inc_by(r.bytes_out);
+    }
+}
+
+/// The per-request series of one upstream pool, kept with the pool like [`RouteSeries`].
+#[derive(Clone, Default)]
+pub struct PoolSeries {
+    connect: OnceLock<Histogram>,
+    response: OnceLock<Histogram>,
+}
+
+impl std::fmt::Debug for PoolSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolSeries").finish_non_exhaustive()
+    }
+}
+
+impl PoolSeries {
+    /// A new connection to a backend of `pool` took `d`.
+    pub fn connected(&self, pool: &str, d: Duration) {
+        self.connect
+            .get_or_init(|| get().upstream_connect.with_label_values(&[pool]))
+            .observe(d.as_secs_f64());
+    }
+
+    /// A backend of `pool` sent its response header `d` after the request was sent.
+    pub fn responded(&self, pool: &str, d: Duration) {
+        self.response
+            .get_or_init(|| get().upstream_response.with_label_values(&[pool]))
+            .observe(d.as_secs_f64());
     }
 }
 
@@ -303,9 +399,45 @@ mod tests {
             text.contains("gatehouse_requests_total{method=\"GET\",route=\"r\",status=\"2xx\"} 1")
         );
         assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(100), "1xx");
+        assert_eq!(status_class(599), "5xx");
+        for s in [0, 99, 600] {
+            assert_eq!(status_class(s), "none");
+        }
         assert_eq!(
             method_class(&http::Method::from_bytes(b"PURGE").unwrap()),
             "other"
         );
+    }
+
+    #[test]
+    fn route_series_count_into_the_labelled_series() {
+        let series = RouteSeries::default();
+        fn done(method: &http::Method, status: u16) -> Finished<'_> {
+            Finished {
+                method,
+                status,
+                elapsed: Duration::from_millis(3),
+                bytes_in: 10,
+                bytes_out: 100,
+            }
+        }
+        series.record("series-test", done(&http::Method::GET, 200));
+        series.record("series-test", done(&http::Method::GET, 204));
+        series.record("series-test", done(&http::Method::POST, 0));
+        // A second cache (a reloaded route) adds to the same series.
+        RouteSeries::default().record("series-test", done(&http::Method::GET, 404));
+        let text = get().render();
+        for line in [
+            r#"gatehouse_requests_total{method="GET",route="series-test",status="2xx"} 2"#,
+            r#"gatehouse_requests_total{method="POST",route="series-test",status="none"} 1"#,
+            r#"gatehouse_requests_total{method="GET",route="series-test",status="4xx"} 1"#,
+            r#"gatehouse_request_duration_seconds_count{route="series-test"} 4"#,
+            r#"gatehouse_request_body_bytes_total{route="series-test"} 40"#,
+            r#"gatehouse_response_body_bytes_total{route="series-test"} 400"#,
+        ] {
+            assert!(text.contains(line), "{line} missing");
+        }
+        assert!(!text.contains(r#"route="series-test",status="5xx""#));
     }
 }

@@ -55,6 +55,8 @@ pub struct Route {
     pub path: String,
     pub action: RouteAction,
     pub policy: Policy,
+    /// Its request metrics, resolved on first use.
+    pub series: crate::metrics::RouteSeries,
 }
 
 #[derive(Debug)]

@@ -285,6 +285,21 @@ ingresses:
     assert_eq!(h["host"][0], "internal.svc");
     assert_eq!(h["x-forwarded-host"][0], "shop.example.com");
     assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
+
+    // Two X-Forwarded-For lines from the client become one list, in order, with the peer.
+    let body = c
+        .get(gh.url("/"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .header("x-forwarded-for", "203.0.113.7, 192.0.2.9")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let xff = &echo(&body)["headers"]["x-forwarded-for"];
+    assert_eq!(xff.as_array().map(Vec::len), Some(1), "{xff}");
+    assert_eq!(xff[0], "198.51.100.1, 203.0.113.7, 192.0.2.9, 127.0.0.1");
 }
 
 #[tokio::test]

@@ -551,6 +551,7 @@ fn compile_ingresses(
                             path: shown,
                             action,
                             policy,
+                            series: Default::default(),
                         });
                         origins.push(Origin {
                             file: ing.file.clone(),

@@ -2,8 +2,9 @@
 //!
 //! Pingora times each read of a request head separately, so a client that sends one byte
 //! every few seconds (slowloris) is never cut off. [`HeadDeadline`] wraps a downstream
-//! connection below Pingora's HTTP parser and follows it: the first byte of a request head
-//! arms the deadline, the blank line that ends the head (`\r\n\r\n`) disarms it, and the next
+//! connection below Pingora's HTTP parser and follows it: the first read of a request head
+//! that does not hold the whole head arms the deadline (a head that comes in one read, the
+//! usual case, costs no timer), the blank line that ends the head (`\r\n\r\n`) disarms it, and the next
 //! final response written (`HTTP/1.x` with a status of 200 or more) makes the next byte read
 //! the start of a new head. A `101` response (WebSocket) and HTTP/2 connections turn it off.
 //! A read past the deadline fails with `TimedOut`, which closes the connection.
@@ -80,7 +81,6 @@ impl HeadDeadline {
             }
             self.phase = Phase::Head;
             self.tail = [0; 3];
-            self.deadline = Some(Box::pin(tokio::time::sleep(self.timeout)));
         }
         if self.phase != Phase::Head {
             return;
@@ -96,6 +96,10 @@ impl HeadDeadline {
             self.phase = Phase::Body;
             self.deadline = None;
             return;
+        }
+        if self.deadline.is_none() {
+            // The head's first read did not hold all of it: from now on it is timed.
+            self.deadline = Some(Box::pin(tokio::time::sleep(self.timeout)));
         }
         let joined = &seam[..3 + k];
         self.tail.copy_from_slice(if new.len() >= 3 {
@@ -304,13 +308,23 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(4096);
         let mut g = guard(server, Duration::from_secs(10));
         let mut buf = [0u8; 256];
-        // A head split across reads, "\r\n\r\n" across the boundary.
+        // A head that comes in one read is never timed.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let _ = g.read(&mut buf).await.unwrap();
+        assert_eq!(g.phase, Phase::Body);
+        assert!(g.deadline.is_none());
+        g.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        // A head split across reads, "\r\n\r\n" across the boundary, is timed from its
+        // first read.
         client
             .write_all(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r")
             .await
             .unwrap();
         let _ = g.read(&mut buf).await.unwrap();
         assert_eq!(g.phase, Phase::Head);
+        assert!(g.deadline.is_some());
         client.write_all(b"\n").await.unwrap();
         let _ = g.read(&mut buf).await.unwrap();
         assert_eq!(g.phase, Phase::Body);

@@ -250,7 +250,9 @@ mod tests {
             "{wait:?}"
         );
         // Another client is not affected.
-        assert!(l.check_ip("10.0.0.2".parse().unwrap(), Instant::now()).is_ok());
+        assert!(l
+            .check_ip("10.0.0.2".parse().unwrap(), Instant::now())
+            .is_ok());
         assert_eq!(l.tracked(), 2);
     }
 
@@ -302,8 +304,14 @@ mod tests {
         }
         assert_eq!(l.tracked(), 10_000);
         for i in 0..10_000u32 {
-            assert!(l.check_bytes(&i.to_be_bytes(), Instant::now()).is_ok(), "second of {i}");
-            assert!(l.check_bytes(&i.to_be_bytes(), Instant::now()).is_err(), "third of {i}");
+            assert!(
+                l.check_bytes(&i.to_be_bytes(), Instant::now()).is_ok(),
+                "second of {i}"
+            );
+            assert!(
+                l.check_bytes(&i.to_be_bytes(), Instant::now()).is_err(),
+                "third of {i}"
+            );
         }
         // Nobody is idle yet: eviction keeps every key and its state.
         l.evict_idle();
@@ -326,7 +334,11 @@ mod tests {
     #[test]
     fn mapped_ipv6_shares_the_ipv4_bucket() {
         let l = limiter(1.0, 0);
-        assert!(l.check_ip("1.2.3.4".parse().unwrap(), Instant::now()).is_ok());
-        assert!(l.check_ip("::ffff:1.2.3.4".parse().unwrap(), Instant::now()).is_err());
+        assert!(l
+            .check_ip("1.2.3.4".parse().unwrap(), Instant::now())
+            .is_ok());
+        assert!(l
+            .check_ip("::ffff:1.2.3.4".parse().unwrap(), Instant::now())
+            .is_err());
     }
 }

@@ -3,9 +3,10 @@
 use crate::routing::RouteId;
 use crate::runtime::{Route, Runtime};
 use crate::upstream::{InflightGuard, Pool};
+use http::HeaderValue;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 /// Counts a request in `gatehouse_requests_in_flight` for as long as it lives.
 pub struct InFlight;
@@ -33,15 +34,16 @@ pub struct Ctx {
     pub peer_ip: Option<IpAddr>,
     /// The client: the peer, or from X-Forwarded-For when the peer is a trusted proxy.
     pub client_ip: Option<IpAddr>,
-    pub request_id: String,
+    /// Empty until the request is identified.
+    pub request_id: HeaderValue,
     /// The normalised path, when it differs from the request's.
     pub normalized_path: Option<String>,
     /// Backends already tried by this request, in order.
     pub tried: Vec<SocketAddr>,
     /// Counts this request against the backend it is talking to.
     pub inflight: Option<InflightGuard>,
+    /// When the request head was in (the access log's time is derived from it).
     pub started: Instant,
-    pub started_at: SystemTime,
     /// When the current upstream attempt began, and when its response header arrived.
     pub upstream_start: Option<Instant>,
     pub upstream_time: Option<std::time::Duration>,
@@ -58,12 +60,11 @@ impl Ctx {
             pool: None,
             peer_ip: None,
             client_ip: None,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             normalized_path: None,
             tried: Vec::new(),
             inflight: None,
             started: Instant::now(),
-            started_at: SystemTime::now(),
             upstream_start: None,
             upstream_time: None,
             body_bytes: 0,

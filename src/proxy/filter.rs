@@ -176,15 +176,13 @@ fn identify(session: &Session, ctx: &mut Ctx) {
     ctx.client_ip = peer.map(|p| {
         let xff = req
             .headers
-            .get_all("x-forwarded-for")
+            .get_all(&super::X_FORWARDED_FOR)
             .iter()
             .map(HeaderValue::as_bytes);
         ctx.rt.trusted_proxies.client_ip(p, xff)
     });
-    ctx.request_id = match req.headers.get("x-request-id") {
-        Some(v) if request_id::is_valid(v.as_bytes()) => {
-            String::from_utf8_lossy(v.as_bytes()).into_owned()
-        }
+    ctx.request_id = match req.headers.get(&super::X_REQUEST_ID) {
+        Some(v) if request_id::is_valid(v.as_bytes()) => v.clone(),
         _ => request_id::generate(),
     };
 }

@@ -11,7 +11,7 @@ pub use drain::watch_phases;
 
 use crate::access_log::Entry;
 use crate::acme::Challenges;
-use crate::metrics;
+use crate::metrics::{self, Finished, RouteSeries};
 use crate::policy::rewrite::with_query;
 use crate::runtime::Runtime;
 use crate::upstream::{Balance, HashKey};
@@ -21,6 +21,7 @@ use http::header;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// The HTTP proxy: reads the current [`Runtime`] from a shared swap slot.
@@ -38,6 +39,10 @@ impl Gatehouse {
 fn status_error(code: u16, why: &'static str) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(code), why)
 }
+
+/// Header names looked up on every request, parsed once.
+const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// The error that sends a `retry_on` answer to another backend.
 const RETRY_STATUS: ErrorType = ErrorType::Custom("retry_on status");
@@ -190,10 +195,7 @@ impl ProxyHttp for Gatehouse {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (false, Some(start), Some(pool)) = (reused, ctx.upstream_start, &ctx.pool) {
-            let m = metrics::get();
-            m.upstream_connect
-                .with_label_values(&[&pool.config.name])
-                .observe(start.elapsed().as_secs_f64());
+            pool.series.connected(&pool.config.name, start.elapsed());
         }
         Ok(())
     }
@@ -222,10 +224,7 @@ impl ProxyHttp for Gatehouse {
         if let (Some(start), Some(pool)) = (ctx.upstream_start, &ctx.pool) {
             let took = start.elapsed();
             ctx.upstream_time = Some(took);
-            metrics::get()
-                .upstream_response
-                .with_label_values(&[&pool.config.name])
-                .observe(took.as_secs_f64());
+            pool.series.responded(&pool.config.name, took);
         }
         Ok(())
     }
@@ -297,33 +296,27 @@ impl ProxyHttp for Gatehouse {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.inflight = None;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route().map_or("none", |r| r.name.as_str());
-        let req = session.req_header();
-        let m = metrics::get();
+        let (route, series) = ctx.route().map_or(("none", RouteSeries::unrouted()), |r| {
+            (r.name.as_str(), &r.series)
+        });
         let elapsed = ctx.started.elapsed();
-        m.requests
-            .with_label_values(&[
-                route,
-                metrics::method_class(&req.method),
-                metrics::status_class(status),
-            ])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
-        m.request_bytes
-            .with_label_values(&[route])
-            .inc_by(session.body_bytes_read() as u64);
-        m.response_bytes
-            .with_label_values(&[route])
-            .inc_by(session.body_bytes_sent() as u64);
+        series.record(
+            route,
+            Finished {
+                method: &session.req_header().method,
+                status,
+                elapsed,
+                bytes_in: session.body_bytes_read() as u64,
+                bytes_out: session.body_bytes_sent() as u64,
+            },
+        );
         if let Some(log) = &ctx.rt.access_log {
             log.log(access_entry(session, ctx, status, elapsed));
         }
         if let Some(e) = e.filter(|_| log::log_enabled!(log::Level::Debug)) {
             log::debug!(
                 "request {} on route {route} ended with {}",
-                ctx.request_id,
+                String::from_utf8_lossy(ctx.request_id.as_bytes()),
                 e.etype().as_str()
             );
         }
@@ -349,7 +342,10 @@ fn access_entry(session: &Session, ctx: &Ctx, status: u16, elapsed: std::time::D
         .and_then(|d| d.ssl_digest.as_ref())
         .map(|s| s.version.to_string());
     Entry {
-        time: ctx.started_at,
+        // The wall clock is read only when there is a log to write.
+        time: std::time::SystemTime::now()
+            .checked_sub(elapsed)
+            .unwrap_or(std::time::UNIX_EPOCH),
         client_ip: ctx.client_ip,
         host,
         method: req.method.to_string(),
@@ -369,7 +365,7 @@ fn access_entry(session: &Session, ctx: &Ctx, status: u16, elapsed: std::time::D
         duration: elapsed,
         upstream: ctx.tried.last().copied(),
         upstream_time: ctx.upstream_time,
-        request_id: ctx.request_id.clone(),
+        request_id: String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
         route: ctx.route().map(|r| r.name.clone()).unwrap_or_default(),
         tls,
         referer: header_str(req, header::REFERER),
@@ -377,36 +373,65 @@ fn access_entry(session: &Session, ctx: &Ctx, status: u16, elapsed: std::time::D
     }
 }
 
+/// Append `ip` in its usual text form. IPv4 by hand: `Display` for `Ipv4Addr` goes through
+/// the padding machinery of `fmt` and cost more than the rest of the header work.
+fn push_ip(buf: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push('.');
+                }
+                if octet >= 100 {
+                    buf.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    buf.push(char::from(b'0' + octet / 10 % 10));
+                }
+                buf.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
+}
+
 /// X-Forwarded-For (the peer appended), X-Real-IP (the client), X-Forwarded-Proto,
 /// X-Forwarded-Host, X-Request-Id; Host kept unless the pool overrides it.
 fn forwarded_headers(session: &Session, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     if let Some(peer) = ctx.peer_ip {
-        let peer = peer.to_string();
-        let xff = match upstream.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-            Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
-            _ => peer,
-        };
+        // Every X-Forwarded-For line the client sent, in order, then the peer (nginx
+        // `$proxy_add_x_forwarded_for`).
+        let mut xff = String::with_capacity(64);
+        for prev in upstream.headers.get_all(&X_FORWARDED_FOR) {
+            // A line that is not text is dropped.
+            match prev.to_str().map(str::trim) {
+                Ok("") | Err(_) => {}
+                Ok(prev) => {
+                    xff.push_str(prev);
+                    xff.push_str(", ");
+                }
+            }
+        }
+        push_ip(&mut xff, peer);
         upstream.insert_header("X-Forwarded-For", xff)?;
     }
     if let Some(ip) = ctx.client_ip {
-        upstream.insert_header("X-Real-IP", ip.to_string())?;
+        let mut real = String::with_capacity(15);
+        push_ip(&mut real, ip);
+        upstream.insert_header("X-Real-IP", real)?;
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     upstream.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
-    upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    upstream.insert_header("X-Request-Id", ctx.request_id.clone())?;
     let req = session.req_header();
-    let host = req
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    let host = match req.uri.authority() {
+        Some(a) => header::HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers.get(header::HOST).cloned(),
+    };
     if let Some(host) = host {
-        upstream.insert_header("X-Forwarded-Host", &host)?;
+        upstream.insert_header("X-Forwarded-Host", host.clone())?;
         if upstream.headers.get(header::HOST).is_none() {
             upstream.insert_header(header::HOST, host)?;
         }
@@ -415,4 +440,26 @@ fn forwarded_headers(session: &Session, upstream: &mut RequestHeader, ctx: &Ctx)
         upstream.insert_header(header::HOST, h)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_ip;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut samples: Vec<IpAddr> = ["::1", "2001:db8::7", "::ffff:10.0.0.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        for octet in 0..=255u8 {
+            samples.push(IpAddr::V4(Ipv4Addr::new(octet, 255 - octet, octet / 3, 7)));
+        }
+        for ip in samples {
+            let mut s = String::from("x, ");
+            push_ip(&mut s, ip);
+            assert_eq!(s, format!("x, {ip}"));
+        }
+    }
 }

@@ -43,7 +43,7 @@ pub fn prepare(session: &mut Session, resp: &mut ResponseHeader, ctx: &Ctx) {
 
 fn decorate(resp: &mut ResponseHeader, ctx: &Ctx) {
     if !ctx.request_id.is_empty() {
-        let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
+        let _ = resp.insert_header("X-Request-Id", ctx.request_id.clone());
     }
     if let Some(route) = ctx.route() {
         route.policy.response_headers.apply(resp);

@@ -283,6 +283,8 @@ pub struct Pool {
     tie_break: AtomicUsize,
     max_iterations: usize,
     checks_started: AtomicBool,
+    /// Its request metrics, resolved on first use.
+    pub series: crate::metrics::PoolSeries,
 }
 
 impl std::fmt::Debug for Pool {
@@ -337,6 +339,7 @@ impl Pool {
             born: std::time::Instant::now(),
             tie_break: AtomicUsize::new(0),
             checks_started: AtomicBool::new(false),
+            series: Default::default(),
         })
     }
 

@@ -94,8 +94,11 @@ impl Pool {
 
     /// Whether passive health currently keeps `addr` out.
     pub fn ejected(&self, addr: SocketAddr) -> bool {
-        self.index(addr)
-            .is_some_and(|i| self.passive[i].1.load(Relaxed) > self.now_ms())
+        // 0 = never ejected: no clock read on the common path.
+        self.index(addr).is_some_and(|i| {
+            let until = self.passive[i].1.load(Relaxed);
+            until != 0 && until > self.now_ms()
+        })
     }
 
     /// Record the outcome of an attempt on `addr` for passive health.
