@@ -10,7 +10,7 @@ TEST_DEBS := $(BUILD_DEBS) curl pebble
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build deps-build deps-test bench load
+.PHONY: run test build deps-build deps-test bench load instructions
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -57,6 +57,13 @@ bench:
 	$(CARGO) build --release --bin gatehouse
 	$(CARGO) build --release --example bare_proxy
 	python3 benches/load/compare.py
+
+## make instructions: user-space instructions per request under callgrind (deterministic A/B;
+## pass builds as ARGS="old=/path/to/gatehouse new=target/release/gatehouse")
+instructions:
+	$(call apt_install,$(BENCH_DEBS) valgrind)
+	$(CARGO) build --release --bin gatehouse
+	python3 benches/load/instructions.py $(ARGS)
 
 ## make load: only the load comparison (BENCH_DURATION, BENCH_ROUNDS to change its length)
 load:

@@ -1,7 +1,8 @@
 //! `Runtime`: the compiled, immutable snapshot of the configuration that requests read.
 //!
 //! It is held in an `ArcSwap`; a reload compiles a new one and swaps it in atomically, and a
-//! request keeps the snapshot it started with. Imports: routing, policy, upstream.
+//! request keeps the snapshot it started with. Imports: routing, policy, upstream, metrics
+//! (the per-route series kept with each route).
 
 use crate::access_log::AccessLog;
 use crate::acme::AcmeConfig;

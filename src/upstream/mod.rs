@@ -3,7 +3,8 @@
 //! A [`Pool`] is built from a typed [`PoolConfig`] (made by `config::compile`) and is
 //! addressed by [`PoolId`] in the runtime. Pools whose configuration is unchanged are carried
 //! across reloads as the same `Arc<Pool>`, so their health state survives.
-//! Imports: pingora, metrics-free; nothing of config or proxy.
+//! Imports: pingora, metrics (health gauges, per-pool latency series); nothing of config or
+//! proxy.
 
 mod health;
 mod select;
