@@ -2,7 +2,7 @@
 """User-space instructions per proxied request, counted by valgrind's callgrind.
 
 CPU time per request on a shared 2-core machine moves by 10-20% between runs; an instruction
-count over a fixed number of requests moves by well under 1%, so it is what tells whether a
+count over a fixed number of requests moves by about 1%, so it is what tells whether a
 change to the request path made it cheaper. It counts only user-space work (no kernel, no cache
 misses): use it next to `make load`, not instead of it.
 
