@@ -1,13 +1,13 @@
 //! The gatehouse command line: a thin layer over the library. No logic lives here.
 
 use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 /// mimalloc instead of glibc's malloc: a request allocates and frees many small objects on
 /// whichever worker thread runs it; glibc's allocator took ~17% of the proxy's CPU under load.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(

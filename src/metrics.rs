@@ -291,12 +291,12 @@ fn status_index(status: u16) -> usize {
 }
 
 /// `GET`, `HEAD`, `POST`, `PUT`, `DELETE`, `PATCH`, `OPTIONS` or `other`: bounded labels.
-pub fn method_class(m: &http::Method) -> &'static str {
+fn method_class(m: &http::Method) -> &'static str {
     METHODS[method_index(m)]
 }
 
 /// `1xx` ... `5xx`, or `none` when no response was sent.
-pub fn status_class(status: u16) -> &'static str {
+fn status_class(status: u16) -> &'static str {
     STATUSES[status_index(status)]
 }
 
@@ -341,8 +341,11 @@ impl RouteSeries {
         let (mi, si) = (method_index(r.method), status_index(r.status));
         self.requests.get_or_init(Box::default)[mi][si]
             .get_or_init(|| {
-                m.requests
-                    .with_label_values(&[route, METHODS[mi], STATUSES[si]])
+                m.requests.with_label_values(&[
+                    route,
+                    method_class(r.method),
+                    status_class(r.status),
+                ])
             })
             .inc();
         self.duration

@@ -16,12 +16,7 @@ async fn proxied(paths: &str, extra: &str) -> (Gatehouse, Origin) {
 }
 
 async fn get_xff(gh: &Gatehouse, path: &str, xff: &str) -> reqwest::Response {
-    client()
-        .get(gh.url(path))
-        .header("x-forwarded-for", xff)
-        .send()
-        .await
-        .unwrap()
+    get_with(&client(), &gh.url(path), &[("x-forwarded-for", xff)]).await
 }
 
 #[tokio::test]
@@ -266,28 +261,13 @@ async fn request_ids_are_generated_or_reused_and_shared_with_the_origin() {
         echo(&r.text().await.unwrap())["headers"]["x-request-id"][0],
         id.as_str()
     );
-    let r = c
-        .get(gh.url("/"))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&c, &gh.url("/"), &[("x-request-id", "abc-123")]).await;
     assert_eq!(r.headers()["x-request-id"], "abc-123");
-    let r = c
-        .get(gh.url("/"))
-        .header("x-request-id", "bad id with spaces")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&c, &gh.url("/"), &[("x-request-id", "bad id with spaces")]).await;
     assert_ne!(r.headers()["x-request-id"], "bad id with spaces");
     // gatehouse's own answers carry it too.
-    let r = c
-        .get(gh.url("/x"))
-        .header("host", "a b")
-        .header("x-request-id", "e-1")
-        .send()
-        .await
-        .unwrap();
+    let own = [("host", "a b"), ("x-request-id", "e-1")];
+    let r = get_with(&c, &gh.url("/x"), &own).await;
     assert_eq!(r.headers()["x-request-id"], "e-1");
 }
 

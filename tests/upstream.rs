@@ -261,13 +261,12 @@ ingresses:
     ))
     .await;
     let c = client();
-    let body = c
-        .get(gh.url("/"))
-        .header("host", "Shop.Example.com")
-        .header("x-forwarded-for", "203.0.113.7")
-        .send()
+    let sent = [
+        ("host", "Shop.Example.com"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ];
+    let body = get_with(&c, &gh.url("/"), &sent)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -287,13 +286,12 @@ ingresses:
     assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
 
     // Two X-Forwarded-For lines from the client become one list, in order, with the peer.
-    let body = c
-        .get(gh.url("/"))
-        .header("x-forwarded-for", "198.51.100.1")
-        .header("x-forwarded-for", "203.0.113.7, 192.0.2.9")
-        .send()
+    let sent = [
+        ("x-forwarded-for", "198.51.100.1"),
+        ("x-forwarded-for", "203.0.113.7, 192.0.2.9"),
+    ];
+    let body = get_with(&c, &gh.url("/"), &sent)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -528,6 +528,18 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// GET `url` with extra request headers; a name given twice is sent as two lines.
+pub async fn get_with(
+    c: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let req = headers
+        .iter()
+        .fold(c.get(url), |r, (n, v)| r.header(*n, *v));
+    req.send().await.unwrap()
+}
+
 /// GET `url` with a Host header; returns (status, body).
 pub async fn get_host(c: &reqwest::Client, url: &str, host: &str) -> (u16, String) {
     let r = match c.get(url).header("host", host).send().await {
