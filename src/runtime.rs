@@ -102,6 +102,15 @@ impl Runtime {
         &self.pools[id.0 as usize]
     }
 
+    /// Every listening address: HTTP, HTTPS and TCP streams.
+    pub fn listeners(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listen_http
+            .iter()
+            .chain(&self.listen_https)
+            .copied()
+            .chain(self.streams.iter().map(|s| s.listen))
+    }
+
     /// Why `next` cannot fully take over from `self` by a reload: listening sockets and
     /// process settings change only with a restart or `gatehouse upgrade`.
     pub fn needs_upgrade(&self, next: &Runtime) -> Vec<String> {

@@ -194,14 +194,24 @@ async fn no_healthy_backend_is_503_and_recovery_follows_the_backend() {
         one_route("s")
     ))
     .await;
-    let c = client();
+    // Each attempt is bounded, and every answer seen is kept for the failure message: once
+    // in CI one attempt waited out the whole window and the message could not say on what.
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     assert_eq!(get_host(&c, &gh.url("/"), "x").await.0, 200);
     let addr = a.stop().await;
+    let mut seen = Vec::new();
+    let started = std::time::Instant::now();
     let down = eventually(Duration::from_secs(10), async || {
-        get_host(&c, &gh.url("/"), "x").await == (503, "503 Service Unavailable\n".to_string())
+        let answer = get_host(&c, &gh.url("/"), "x").await;
+        seen.push((started.elapsed(), answer.clone()));
+        answer == (503, "503 Service Unavailable\n".to_string())
     })
     .await;
-    assert!(down, "never 503:\n{}", gh.log());
+    assert!(down, "never 503; answers: {seen:?}\n{}", gh.log());
     let _a = Origin::start_on("a", addr).await;
     let up = eventually(Duration::from_secs(10), async || {
         get_host(&c, &gh.url("/"), "x").await.0 == 200

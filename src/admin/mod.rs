@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (configuration
-//! loaded and every HTTP listener accepting), `/status` (JSON) and `POST /reload`.
+//! loaded and every listener, HTTP, HTTPS and stream, accepting), `/status` (JSON) and `POST /reload`.
 //! Never public by default (127.0.0.1:9090). Imports: control, runtime, metrics.
 
+mod sockets;
 mod status;
 
 use crate::control::Control;
@@ -11,7 +12,6 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub struct Admin {
     control: Arc<Control>,
@@ -53,7 +53,7 @@ impl ServeHttp for Admin {
             (Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n"),
             (Method::GET, "/readyz") => {
                 let rt = self.control.state.load_full();
-                match not_listening(&rt.listen_http).await {
+                match not_listening(rt.listeners()) {
                     None => reply(StatusCode::OK, TEXT, "ready\n"),
                     Some(addr) => reply(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -86,26 +86,11 @@ impl ServeHttp for Admin {
     }
 }
 
-/// The first listener that does not accept a connection (unspecified addresses are probed on
-/// loopback).
-async fn not_listening(addrs: &[std::net::SocketAddr]) -> Option<std::net::SocketAddr> {
-    for a in addrs {
-        let mut probe = *a;
-        if probe.ip().is_unspecified() {
-            probe.set_ip(if a.is_ipv4() {
-                [127, 0, 0, 1].into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        let ok = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(probe),
-        )
-        .await;
-        if !matches!(ok, Ok(Ok(_))) {
-            return Some(*a);
-        }
-    }
-    None
+/// The first listener with no listening socket in the kernel's table. Read, not probed: a
+/// probe connection would be proxied by a stream listener (an upstream dial per check).
+fn not_listening(
+    mut addrs: impl Iterator<Item = std::net::SocketAddr>,
+) -> Option<std::net::SocketAddr> {
+    let sockets = sockets::tcp_sockets();
+    addrs.find(|a| !sockets.contains(&(*a, sockets::LISTEN)))
 }

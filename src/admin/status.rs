@@ -1,40 +1,23 @@
 //! `/status` JSON and the backend gauges refreshed at each scrape.
 
+use super::sockets::{tcp_sockets, ESTABLISHED};
 use crate::metrics;
 use crate::runtime::{RouteAction, Runtime};
 use crate::tls::CertStore;
 use serde_json::json;
 use std::time::UNIX_EPOCH;
 
-/// Established TCP connections whose local port is `port`, read from /proc/net/tcp{,6}: the
-/// kernel's count, so the request path pays nothing for this gauge.
-fn established_on(port: u16) -> i64 {
-    let mut n = 0;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let mut cols = line.split_whitespace();
-            let (Some(local), Some(_remote), Some(state)) = (cols.nth(1), cols.next(), cols.next())
-            else {
-                continue;
-            };
-            let local_port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if state == "01" && local_port == Some(port) {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 /// Set `gatehouse_backend_up`, in-flight and downstream connection gauges.
 pub fn refresh_backend_metrics(rt: &Runtime) {
     let m = metrics::get();
+    // The kernel's count, so the request path pays nothing for this gauge.
+    let sockets = tcp_sockets();
+    let established_on = |port: u16| {
+        sockets
+            .iter()
+            .filter(|(a, st)| *st == ESTABLISHED && a.port() == port)
+            .count() as i64
+    };
     m.downstream_connections.reset();
     for (kind, addrs) in [("http", &rt.listen_http), ("https", &rt.listen_https)] {
         for a in addrs {

@@ -404,29 +404,27 @@ impl Gatehouse {
             config,
             child,
         };
-        gh.wait_ready(port).await;
-        gh.wait_ready(admin_port).await;
+        gh.wait_ready().await;
         gh
     }
 
-    async fn wait_ready(&mut self, port: u16) {
+    /// Wait until `/readyz` says every listener (HTTP, HTTPS, streams) accepts connections.
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let c = client();
+        let mut last = String::from("admin listener not accepting");
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("gatehouse exited early ({status}):\n{}", self.log());
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return;
+            match c.get(self.admin_url("/readyz")).send().await {
+                Ok(r) if r.status() == 200 => return,
+                Ok(r) => last = r.text().await.unwrap_or_default(),
+                Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!(
-            "gatehouse did not listen on {port} within 20s:\n{}",
-            self.log()
-        );
+        panic!("gatehouse not ready within 20s ({last}):\n{}", self.log());
     }
 
     pub fn log(&self) -> String {
