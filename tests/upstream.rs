@@ -310,6 +310,64 @@ ingresses:
     assert_eq!(xff[0], "198.51.100.1, 203.0.113.7, 192.0.2.9, 127.0.0.1");
 }
 
+/// An origin that answers every connection with the request head it received, byte for byte.
+async fn head_echo() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.write_all(&head).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_written_in_their_usual_case_and_edited_ones_in_lowercase() {
+    let origin = head_echo().await;
+    let gh = Gatehouse::start(&format!(
+        r#"services:
+  s: {{ targets: ["{origin}"] }}
+ingresses:
+  - rules:
+      - paths:
+          - path: /
+            service: s
+            request_headers: {{ set: {{ X-Edited: "1" }}, add: {{ X-Added: "2" }} }}
+"#
+    ))
+    .await;
+    let (status, head) = get_host(&client(), &gh.url("/"), "x").await;
+    assert_eq!(status, 200, "{head}\n{}", gh.log());
+    for line in [
+        "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+        "\r\nX-Real-IP: 127.0.0.1\r\n",
+        "\r\nX-Forwarded-Proto: http\r\n",
+        "\r\nX-Forwarded-Host: x\r\n",
+        "\r\nx-edited: 1\r\n",
+        "\r\nx-added: 2\r\n",
+    ] {
+        assert!(head.contains(line), "{line:?} not in:\n{head}");
+    }
+    assert!(head.contains("\r\nX-Request-Id: "), "{head}");
+}
+
 #[tokio::test]
 async fn hostname_targets_are_resolved_at_load() {
     let a = Origin::start("a").await;

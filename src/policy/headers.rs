@@ -37,6 +37,11 @@ editable!(RequestHeader);
 editable!(ResponseHeader);
 
 impl HeaderEdits {
+    /// How many headers [`Self::apply`] may add at most.
+    pub fn additions(&self) -> usize {
+        self.set.len() + self.add.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }

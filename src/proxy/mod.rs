@@ -40,9 +40,14 @@ fn status_error(code: u16, why: &'static str) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(code), why)
 }
 
-/// Header names looked up on every request, parsed once.
+/// Header names looked up or set on every request, parsed once.
 const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: header::HeaderName = header::HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: header::HeaderName = header::HeaderName::from_static("x-real-ip");
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+/// The headers [`forwarded_headers`] may add.
+const FORWARDED_HEADERS: usize = 6;
 
 /// The error that sends a `retry_on` answer to another backend.
 const RETRY_STATUS: ErrorType = ErrorType::Custom("retry_on status");
@@ -235,6 +240,11 @@ impl ProxyHttp for Gatehouse {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // One step of growth for both of the (cloned, full) header maps, not several.
+        let edits = ctx
+            .route()
+            .map_or(0, |r| r.policy.request_headers.additions());
+        upstream.reserve_headers(FORWARDED_HEADERS + edits);
         if let Some(route) = ctx.route() {
             let rewritten = route.policy.rewrite.as_ref().map(|rw| {
                 let path = ctx
@@ -415,23 +425,24 @@ fn forwarded_headers(session: &Session, upstream: &mut RequestHeader, ctx: &Ctx)
             }
         }
         push_ip(&mut xff, peer);
-        upstream.insert_header("X-Forwarded-For", xff)?;
+        upstream.insert_header((&X_FORWARDED_FOR, "X-Forwarded-For"), xff)?;
     }
     if let Some(ip) = ctx.client_ip {
         let mut real = String::with_capacity(15);
         push_ip(&mut real, ip);
-        upstream.insert_header("X-Real-IP", real)?;
+        upstream.insert_header((&X_REAL_IP, "X-Real-IP"), real)?;
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    upstream.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
-    upstream.insert_header("X-Request-Id", ctx.request_id.clone())?;
+    let proto = if tls { "https" } else { "http" };
+    upstream.insert_header((&X_FORWARDED_PROTO, "X-Forwarded-Proto"), proto)?;
+    upstream.insert_header((&X_REQUEST_ID, "X-Request-Id"), ctx.request_id.clone())?;
     let req = session.req_header();
     let host = match req.uri.authority() {
         Some(a) => header::HeaderValue::from_str(a.as_str()).ok(),
         None => req.headers.get(header::HOST).cloned(),
     };
     if let Some(host) = host {
-        upstream.insert_header("X-Forwarded-Host", host.clone())?;
+        upstream.insert_header((&X_FORWARDED_HOST, "X-Forwarded-Host"), host.clone())?;
         if upstream.headers.get(header::HOST).is_none() {
             upstream.insert_header(header::HOST, host)?;
         }

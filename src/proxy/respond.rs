@@ -42,11 +42,14 @@ pub fn prepare(session: &mut Session, resp: &mut ResponseHeader, ctx: &Ctx) {
 }
 
 fn decorate(resp: &mut ResponseHeader, ctx: &Ctx) {
+    let edits = ctx.route().map(|r| &r.policy.response_headers);
+    resp.reserve_headers(1 + edits.map_or(0, |e| e.additions()));
     if !ctx.request_id.is_empty() {
-        let _ = resp.insert_header("X-Request-Id", ctx.request_id.clone());
+        let name = (&super::X_REQUEST_ID, "X-Request-Id");
+        let _ = resp.insert_header(name, ctx.request_id.clone());
     }
-    if let Some(route) = ctx.route() {
-        route.policy.response_headers.apply(resp);
+    if let Some(edits) = edits {
+        edits.apply(resp);
     }
 }
 

@@ -121,6 +121,8 @@ fn check_path(path: &str) -> Result<(), String> {
 struct PathTable {
     exact: HashMap<Box<str>, RouteId>,
     prefix: HashMap<Box<str>, RouteId>,
+    /// The lengths of the keys of `prefix`, longest first: a lookup tries only these.
+    prefix_lens: Vec<usize>,
     regex: Vec<(Regex, RouteId)>,
 }
 
@@ -128,7 +130,12 @@ impl PathTable {
     fn insert(&mut self, path: PathPattern, id: RouteId) -> Result<(), RouteId> {
         let slot = match path {
             PathPattern::Exact(p) => self.exact.entry(p.into_boxed_str()),
-            PathPattern::Prefix(p) => self.prefix.entry(p.into_boxed_str()),
+            PathPattern::Prefix(p) => {
+                if let Err(at) = self.prefix_lens.binary_search_by(|l| p.len().cmp(l)) {
+                    self.prefix_lens.insert(at, p.len());
+                }
+                self.prefix.entry(p.into_boxed_str())
+            }
             PathPattern::Regex(r) => {
                 if let Some((_, prev)) = self.regex.iter().find(|(x, _)| x.as_str() == r.as_str()) {
                     return Err(*prev);
@@ -153,21 +160,18 @@ impl PathTable {
         if let Some((_, id)) = self.regex.iter().find(|(r, _)| r.is_match(path)) {
             return Some(*id);
         }
-        if self.prefix.is_empty() {
-            return None;
-        }
-        // Try the whole path, then each shorter prefix that ends on a segment boundary.
-        let mut end = path.len();
-        loop {
-            let candidate = if end == 0 { "/" } else { &path[..end] };
-            if let Some(id) = self.prefix.get(candidate) {
-                return Some(*id);
-            }
-            if end == 0 {
-                return None;
-            }
-            end = path[..end].rfind('/').unwrap_or(0);
-        }
+        // The longest prefix that is the whole path or ends where a segment does. Keys have
+        // no trailing slash, and `/` (the only key of length 1) matches every path. Only the
+        // lengths of keys are tried: one hash per length, not one per segment of the path.
+        let bytes = path.as_bytes();
+        self.prefix_lens.iter().find_map(|&len| {
+            let candidate = match len {
+                1 => "/",
+                _ if len == bytes.len() || bytes.get(len) == Some(&b'/') => &path[..len],
+                _ => return None,
+            };
+            self.prefix.get(candidate).copied()
+        })
     }
 }
 
@@ -290,6 +294,41 @@ mod tests {
         assert_eq!(at(&r, "h", "/api/v1/users"), Some(1));
         assert_eq!(at(&r, "h", "/apiv1"), Some(2));
         assert_eq!(at(&r, "h", "/v1/api"), Some(2));
+    }
+
+    /// The lookup by key length agrees with trying every segment boundary of the path.
+    #[test]
+    fn prefix_lookup_agrees_with_walking_the_segments() {
+        let walk = |keys: &[&str], path: &str| {
+            let mut end = path.len();
+            loop {
+                let candidate = if end == 0 { "/" } else { &path[..end] };
+                if let Some(i) = keys.iter().position(|k| *k == candidate) {
+                    return Some(i as u32);
+                }
+                if end == 0 {
+                    return None;
+                }
+                end = path[..end].rfind('/').unwrap_or(0);
+            }
+        };
+        let key_sets: [&[&str]; 4] = [
+            &["/"],
+            &["/a", "/a/b", "/ab", "/a/b/c"],
+            &["/", "/a/b", "/é", "/é/ü"],
+            &["/x/y/z", "/x"],
+        ];
+        let paths = [
+            "/", "//", "/a", "/a/", "/ab", "/a/b", "/a/bc", "/a/b/c/d", "/a//b", "/é", "/é/",
+            "/é/ü", "/éü", "/x/y", "/x/y/z/", "*", "a/b", "",
+        ];
+        for keys in key_sets {
+            let rules: Vec<_> = keys.iter().map(|k| ("", "prefix", *k)).collect();
+            let r = router(&rules);
+            for path in paths {
+                assert_eq!(at(&r, "h", path), walk(keys, path), "{keys:?} {path:?}");
+            }
+        }
     }
 
     #[test]
