@@ -4,7 +4,8 @@
 mod common;
 use common::*;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 async fn count_origins(gh: &Gatehouse, n: usize) -> HashMap<String, usize> {
@@ -498,4 +499,196 @@ async fn a_backend_dying_mid_request_is_retried_for_gets_not_posts() {
     let dying = Origin::start("dying").await;
     dying.behaviour.reset.store(true, Ordering::SeqCst);
     gets_replayed_posts_not(&dying, "").await;
+}
+
+/// What a [`keepalive_origin`] saw of the connections that carried requests (health checks
+/// connect too): how many there were, when gatehouse closed each one (EOF read while idle),
+/// and how many the origin closed itself for being idle.
+#[derive(Default)]
+struct ConnLog {
+    served: AtomicUsize,
+    closed_idle: AtomicUsize,
+    closed_by_peer: std::sync::Mutex<Vec<std::time::Instant>>,
+}
+
+/// A keep-alive HTTP/1.1 origin (bodiless requests, `Content-Length` answers, no `Connection`
+/// header) that answers after `delay` and closes each connection silently `close_after` after
+/// answering, if given.
+async fn keepalive_origin(
+    delay: Duration,
+    close_after: Option<Duration>,
+) -> (std::net::SocketAddr, Arc<ConnLog>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(ConnLog::default());
+    let l = log.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let wait = if head.is_empty() && n > 0 {
+                        close_after
+                    } else {
+                        None
+                    };
+                    let read = match wait {
+                        Some(d) => match tokio::time::timeout(d, s.read(&mut buf)).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                // idle for close_after: close silently
+                                l.closed_idle.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        },
+                        None => s.read(&mut buf).await,
+                    };
+                    match read {
+                        Ok(0) | Err(_) => {
+                            if head.is_empty() && n > 0 {
+                                l.closed_by_peer
+                                    .lock()
+                                    .unwrap()
+                                    .push(std::time::Instant::now());
+                            }
+                            return;
+                        }
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                    if head.ends_with(b"\r\n\r\n") {
+                        head.clear();
+                        if n == 0 {
+                            n = l.served.fetch_add(1, Ordering::SeqCst) + 1;
+                        }
+                        tokio::time::sleep(delay).await;
+                        let body = format!("connection {n}");
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+#[tokio::test]
+async fn idle_backend_connections_are_reused_then_closed_after_timeouts_idle() {
+    let (origin, log) = keepalive_origin(Duration::ZERO, None).await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{origin}\"], timeouts: {{ idle: 1s }} }}\n{}",
+        one_route("s")
+    ))
+    .await;
+    let c = client();
+    for _ in 0..20 {
+        let r = c.get(gh.url("/")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await.unwrap(), "connection 1");
+    }
+    let last = std::time::Instant::now();
+    assert_eq!(
+        log.served.load(Ordering::SeqCst),
+        1,
+        "one connection, reused"
+    );
+
+    // Nothing more is sent: gatehouse closes the idle connection after about a second.
+    let closed = eventually(Duration::from_secs(5), async || {
+        !log.closed_by_peer.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(closed, "the idle connection was never closed");
+    let after = log.closed_by_peer.lock().unwrap()[0] - last;
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after only {after:?}"
+    );
+
+    // The next request opens a new connection.
+    let r = c.get(gh.url("/")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "connection 2");
+}
+
+#[tokio::test]
+async fn a_backend_closing_idle_connections_costs_no_request() {
+    // The backend closes each connection 100 ms after its answer, with no `Connection: close`;
+    // no retries and POSTs: a request sent on such a connection would fail.
+    let (origin, log) = keepalive_origin(Duration::ZERO, Some(Duration::from_millis(100))).await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{origin}\"], retries: 0 }}\n{}",
+        one_route("s")
+    ))
+    .await;
+    let c = client();
+    for i in 1..=5 {
+        let r = c.post(gh.url("/")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "request {i}");
+        assert_eq!(r.text().await.unwrap(), format!("connection {i}"));
+        let closed = eventually(Duration::from_secs(5), async || {
+            log.closed_idle.load(Ordering::SeqCst) == i
+        })
+        .await;
+        assert!(closed, "the origin closes its idle connection");
+    }
+    assert_eq!(log.served.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn the_keepalive_pool_size_bounds_idle_backend_connections() {
+    let (origin, log) = keepalive_origin(Duration::from_millis(300), None).await;
+    let gh = Gatehouse::launch(write_config_server(
+        "  upstream_keepalive_pool_size: 2\n",
+        &format!(
+            "services:\n  s: {{ targets: [\"{origin}\"] }}\n{}",
+            one_route("s")
+        ),
+    ))
+    .await;
+    // Five requests at once: five backend connections.
+    let c = client();
+    let all = (0..5).map(|_| {
+        let c = c.clone();
+        let url = gh.url("/");
+        async move { c.get(url).send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(all).await;
+    assert_eq!(statuses, vec![200; 5]);
+    assert_eq!(log.served.load(Ordering::SeqCst), 5);
+    // Two stay for reuse, three are closed.
+    let closed = eventually(Duration::from_secs(5), async || {
+        log.closed_by_peer.lock().unwrap().len() == 3
+    })
+    .await;
+    assert!(
+        closed,
+        "closed: {}",
+        log.closed_by_peer.lock().unwrap().len()
+    );
+    for _ in 0..4 {
+        let body = c
+            .get(gh.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.starts_with("connection "), "{body}");
+    }
+    assert_eq!(
+        log.served.load(Ordering::SeqCst),
+        5,
+        "the kept ones are reused"
+    );
+    assert_eq!(log.closed_by_peer.lock().unwrap().len(), 3);
 }

@@ -91,7 +91,8 @@ impl HeadDeadline {
         seam[..3].copy_from_slice(&self.tail);
         let k = new.len().min(3);
         seam[3..3 + k].copy_from_slice(&new[..k]);
-        let blank = |b: &[u8]| b.windows(4).any(|x| x == b"\r\n\r\n");
+        // A head usually ends its read: check the end before scanning the whole of it.
+        let blank = |b: &[u8]| b.ends_with(b"\r\n\r\n") || b.windows(4).any(|x| x == b"\r\n\r\n");
         if blank(&seam[..3 + k]) || blank(new) {
             self.phase = Phase::Body;
             self.deadline = None;

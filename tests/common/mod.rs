@@ -331,13 +331,27 @@ pub fn write_config(body: &str, files: &[(&str, &str)]) -> Written {
 
 /// Like [`write_config`], with more keys for the `listen` section (e.g. `https_redirect`).
 pub fn write_config_listen(listen_extra: &str, body: &str, files: &[(&str, &str)]) -> Written {
+    write_config_sections(listen_extra, "", body, files)
+}
+
+/// Like [`write_config`], with more keys for the `server` section (indented by two spaces).
+pub fn write_config_server(server_extra: &str, body: &str) -> Written {
+    write_config_sections("", server_extra, body, &[])
+}
+
+fn write_config_sections(
+    listen_extra: &str,
+    server_extra: &str,
+    body: &str,
+    files: &[(&str, &str)],
+) -> Written {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let admin_port = free_port();
     let d = dir.path().display();
     let main = format!(
         "admin: \"127.0.0.1:{admin_port}\"\nlisten:\n  http: [\"127.0.0.1:{port}\"]\n{listen_extra}server:\n  threads: 2\n  grace_period: 1s\n  \
-         shutdown_timeout: 1s\n  pid_file: {d}/gatehouse.pid\n  upgrade_sock: {d}/upgrade.sock\n{body}"
+         shutdown_timeout: 1s\n  pid_file: {d}/gatehouse.pid\n  upgrade_sock: {d}/upgrade.sock\n{server_extra}{body}"
     );
     let config = dir.path().join("gatehouse.yaml");
     std::fs::write(&config, main).unwrap();

@@ -72,7 +72,7 @@ use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::http::ServerSession as HttpSession;
 use pingora_core::protocols::http::SERVER_NAME;
 use pingora_core::protocols::Stream;
-use pingora_core::protocols::{Digest, UniqueID};
+use pingora_core::protocols::{Digest, UniqueID, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RuntimeOpts, ShutdownWatch};
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
@@ -86,6 +86,7 @@ const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 type DownstreamCustomMessageReader =
     Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
+mod idle_pool;
 mod proxy_cache;
 mod proxy_common;
 mod proxy_custom;
@@ -193,6 +194,8 @@ where
     pub upstream_modules: HttpModules,
     max_retries: usize,
     process_custom_session: Option<ProcessCustomSession<SV, C>>,
+    // gatehouse patch: idle upstream HTTP/1 connections (see idle_pool.rs)
+    idle_pool: Arc<idle_pool::IdlePool>,
 }
 
 impl<SV> HttpProxy<SV, ()> {
@@ -229,6 +232,10 @@ impl<SV> HttpProxy<SV, ()> {
             upstream_modules: HttpModules::new(),
             max_retries: conf.max_retries,
             process_custom_session: None,
+            idle_pool: Arc::new(idle_pool::IdlePool::new(
+                conf.upstream_keepalive_pool_size,
+                conf.threads,
+            )),
         }
     }
 }
@@ -265,6 +272,10 @@ where
             max_retries: conf.max_retries,
             process_custom_session: on_custom,
             h2_options: None,
+            idle_pool: Arc::new(idle_pool::IdlePool::new(
+                conf.upstream_keepalive_pool_size,
+                conf.threads,
+            )),
         }
     }
 
@@ -412,7 +423,18 @@ where
             Err(e) => return (false, Some(e)),
         };
 
-        let client_session = self.client_upstream.get_http_session(&*peer).await;
+        // gatehouse patch: HTTP/1-only peers reuse connections from our own idle pool.
+        let h1_only = peer.get_peer_options().is_none_or(|o| {
+            o.alpn.get_max_http_version() == 1 && !matches!(o.alpn, ALPN::Custom(_))
+        });
+        let reuse_key = h1_only.then(|| peer.reuse_hash());
+        let client_session = match reuse_key.and_then(|key| self.idle_pool.take(key)) {
+            Some(stream) => Ok((
+                ClientSession::H1(HttpSessionV1::new_with_options(stream, &*peer)),
+                true,
+            )),
+            None => self.client_upstream.get_http_session(&*peer).await,
+        };
         match client_session {
             Ok((client_session, client_reused)) => {
                 let (server_reused, error) = match client_session {
@@ -421,10 +443,17 @@ where
                             .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                             .await;
                         if client_reuse {
-                            let session = ClientSession::H1(h1);
-                            self.client_upstream
-                                .release_http_session(session, &*peer, peer.idle_timeout())
-                                .await;
+                            if let Some(key) = reuse_key {
+                                h1.respect_keepalive();
+                                if let Some(stream) = h1.reuse().await {
+                                    self.idle_pool.put(key, stream, peer.idle_timeout());
+                                }
+                            } else {
+                                let session = ClientSession::H1(h1);
+                                self.client_upstream
+                                    .release_http_session(session, &*peer, peer.idle_timeout())
+                                    .await;
+                            }
                         }
                         (server_reused, error)
                     }

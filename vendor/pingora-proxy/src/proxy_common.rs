@@ -175,17 +175,42 @@ impl ConnectionNominations {
     }
 }
 
+/// The hop-by-hop fields every proxied request loses.
+const STANDARD_HOP_BY_HOP: [&str; 10] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    HTTP2_SETTINGS,
+];
+
+/// The upgrade fields a request loses unless it is a WebSocket upgrade, which gets them again.
+const UPGRADE_FIELDS: [&str; 3] = ["connection", "upgrade", HTTP2_SETTINGS];
+
+/// gatehouse patch: whether the request has any of `names`, in one pass over the names it has.
+/// Removing each absent name hashed it and looked it up in two maps; most requests carry none
+/// of these fields.
+fn has_any(req: &RequestHeader, names: &[&str]) -> bool {
+    req.headers
+        .keys()
+        .any(|k| names.iter().any(|n| k.as_str() == *n))
+}
+
+fn remove_all(req: &mut RequestHeader, names: &[&str]) {
+    if has_any(req, names) {
+        for name in names {
+            req.remove_header(*name);
+        }
+    }
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    remove_all(req, &STANDARD_HOP_BY_HOP);
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -360,19 +385,13 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            remove_all(req, &UPGRADE_FIELDS);
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
-        H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
-        }
+        H1UpgradePolicy::Deny => remove_all(req, &UPGRADE_FIELDS),
         H1UpgradePolicy::Preserve => {}
     }
 

@@ -1,0 +1,164 @@
+// gatehouse patch: a cheaper pool of idle upstream HTTP/1 connections.
+//
+// Pingora's own pool (pingora-core's `TransportConnector`) spends, per keep-alive request, an
+// `Arc<Mutex<Stream>>`, a spawned task that watches the idle connection, a `Notify` and a oneshot
+// channel, an LRU update under a lock, a `getpeername` system call on reuse, and a task switch
+// (taking a connection waits for its watcher task to let go of it). This pool keeps the idle
+// `Stream` itself in a short list under an uncontended lock (a connection is put in the shard of
+// the worker thread that released it and taken from there first), and notices closed
+// connections without a task per connection:
+//
+// - taking a connection polls a one-byte read once without waiting (as Pingora does on
+//   release): a connection the backend closed, or one with unexpected data, is dropped and the
+//   next one is tried; the most recently used connection is taken first (as nginx does);
+// - one sweeper task per pool wakes every second and closes connections past their idle
+//   timeout and connections the backend closed.
+//
+// The size limit is `ServerConf::upstream_keepalive_pool_size`, for the whole pool: at the
+// limit, the oldest idle connection to the same backend makes room, or the new one is closed.
+
+use futures::FutureExt;
+use pingora_core::protocols::Stream;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+/// How often the sweeper looks for expired and closed connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+struct Idle {
+    stream: Stream,
+    expires: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Shard {
+    by_peer: HashMap<u64, VecDeque<Idle>>,
+}
+
+pub(crate) struct IdlePool {
+    shards: Box<[Mutex<Shard>]>,
+    idle: AtomicUsize,
+    max_idle: usize,
+    sweeper: AtomicBool,
+}
+
+thread_local! {
+    /// This thread's shard seed: threads are numbered as they first use any pool.
+    static SEED: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    };
+}
+
+/// Whether an idle connection is still good to send a request on: nothing to read and not
+/// closed. One read poll that never waits; it makes no system call while the socket has not
+/// been reported readable.
+fn still_open(stream: &mut Stream) -> bool {
+    let mut buf = [0u8; 1];
+    tokio::task::unconstrained(stream.read(&mut buf[..]))
+        .now_or_never()
+        .is_none()
+}
+
+impl IdlePool {
+    /// A pool keeping at most `max_idle` idle connections, sharded for `threads` worker threads.
+    pub(crate) fn new(max_idle: usize, threads: usize) -> Self {
+        let shards = (0..threads.max(1) * 2)
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
+        IdlePool {
+            shards,
+            idle: AtomicUsize::new(0),
+            max_idle,
+            sweeper: AtomicBool::new(false),
+        }
+    }
+
+    fn home(&self) -> usize {
+        SEED.with(|s| *s) % self.shards.len()
+    }
+
+    /// An idle connection to the peer with this reuse hash, if one is still open: from this
+    /// thread's shard, else (a task that moved threads, or a thread that released none yet)
+    /// from any other.
+    pub(crate) fn take(&self, key: u64) -> Option<Stream> {
+        let home = self.home();
+        let n = self.shards.len();
+        (0..n).find_map(|i| self.take_from(&self.shards[(home + i) % n], key))
+    }
+
+    fn take_from(&self, shard: &Mutex<Shard>, key: u64) -> Option<Stream> {
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let list = shard.by_peer.get_mut(&key)?;
+        let mut now = None;
+        while let Some(mut idle) = list.pop_back() {
+            self.idle.fetch_sub(1, Ordering::Relaxed);
+            let expired = idle
+                .expires
+                .is_some_and(|e| e <= *now.get_or_insert_with(Instant::now));
+            if !expired && still_open(&mut idle.stream) {
+                return Some(idle.stream);
+            }
+        }
+        None
+    }
+
+    /// Keep `stream` (to the peer with this reuse hash) for reuse, closed after `idle_timeout`.
+    pub(crate) fn put(
+        self: &Arc<Self>,
+        key: u64,
+        mut stream: Stream,
+        idle_timeout: Option<Duration>,
+    ) {
+        if self.max_idle == 0 || !still_open(&mut stream) {
+            return;
+        }
+        let expires = idle_timeout.map(|t| Instant::now() + t);
+        {
+            let shard = &self.shards[self.home()];
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let list = shard.by_peer.entry(key).or_default();
+            if self.idle.load(Ordering::Relaxed) >= self.max_idle {
+                // Full: the oldest connection to this peer makes room, or this one is closed.
+                if list.pop_front().is_none() {
+                    return;
+                }
+            } else {
+                self.idle.fetch_add(1, Ordering::Relaxed);
+            }
+            list.push_back(Idle { stream, expires });
+        }
+        if !self.sweeper.swap(true, Ordering::Relaxed) {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(sweep_forever(pool));
+        }
+    }
+
+    /// Close expired connections and the ones their backend closed; forget empty peers.
+    fn sweep(&self, now: Instant) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.by_peer.retain(|_, list| {
+                let before = list.len();
+                list.retain_mut(|idle| {
+                    idle.expires.is_none_or(|e| e > now) && still_open(&mut idle.stream)
+                });
+                self.idle.fetch_sub(before - list.len(), Ordering::Relaxed);
+                !list.is_empty()
+            });
+        }
+    }
+}
+
+async fn sweep_forever(pool: Weak<IdlePool>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        match pool.upgrade() {
+            Some(pool) => pool.sweep(Instant::now()),
+            None => return,
+        }
+    }
+}
