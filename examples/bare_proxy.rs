@@ -1,6 +1,7 @@
 //! A bare Pingora proxy: one fixed peer, no routing, no policy, no metrics. The load
 //! comparison (`make bench`) runs it beside gatehouse: the distance between the two is the cost
-//! of gatehouse's own features; the distance between it and nginx is Pingora's.
+//! of gatehouse's own features; the distance between it and nginx is Pingora's (as vendored in
+//! `vendor/`: it builds against the same patched crates as gatehouse).
 //!
 //! Usage: `bare_proxy LISTEN_ADDR PEER_ADDR [THREADS]`
 
