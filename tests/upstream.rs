@@ -370,6 +370,54 @@ ingresses:
 }
 
 #[tokio::test]
+async fn hop_by_hop_fields_and_connection_nominated_ones_stay_here() {
+    let origin = head_echo().await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{origin}\"] }}\n{}",
+        one_route("s")
+    ))
+    .await;
+    let hop = [
+        "Keep-Alive: timeout=5",
+        "Proxy-Connection: keep-alive",
+        "Proxy-Authorization: Basic Zm9vOmJhcg==",
+        "TE: trailers",
+        "Trailer: X-Checksum",
+        "HTTP2-Settings: AAMAAABkAAQAAP__",
+        "Connection: close, X-Nominated",
+        "X-Nominated: secret",
+    ];
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\nX-Kept: yes\r\n\r\n",
+        hop.join("\r\n")
+    );
+    let answer = gh.raw(request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The origin's body is the request head it received.
+    let (_, head) = answer.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("\r\nx-kept: yes\r\n"), "{answer}");
+    for field in hop {
+        let name = field.split(':').next().unwrap().to_ascii_lowercase();
+        assert!(
+            !head.contains(&format!("\r\n{name}:")),
+            "{name} forwarded:\n{answer}"
+        );
+    }
+
+    // A request with none of them is forwarded whole.
+    let answer = gh
+        .raw(
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Kept: yes\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert!(
+        answer.contains("\r\nX-Kept: yes\r\nAccept: */*\r\n"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
 async fn hostname_targets_are_resolved_at_load() {
     let a = Origin::start("a").await;
     let gh = Gatehouse::start(&format!(
