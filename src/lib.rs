@@ -92,6 +92,7 @@ pub fn build_server(
         &server.configuration,
         proxy::Gatehouse::new(control.state.clone(), control.challenges.clone()),
     );
+    let idle_upstream = proxy.idle_upstream_connections();
     let mut http = pingora::services::listening::Service::new(
         "gatehouse http".to_string(),
         downstream::Guard::new(proxy, control.state.clone(), &ports),
@@ -124,7 +125,7 @@ pub fn build_server(
     if let Some(addr) = admin_addr {
         let mut admin = pingora::services::listening::Service::new(
             "gatehouse admin".to_string(),
-            admin::Admin::new(control.clone()),
+            admin::Admin::new(control.clone(), idle_upstream),
         );
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);

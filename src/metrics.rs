@@ -20,6 +20,7 @@ pub struct Metrics {
     pub response_bytes: IntCounterVec,
     pub requests_in_flight: IntGauge,
     pub downstream_connections: IntGaugeVec,
+    pub upstream_idle_connections: IntGauge,
     pub backend_up: IntGaugeVec,
     pub backend_inflight: IntGaugeVec,
     pub health_checks: IntCounterVec,
@@ -92,6 +93,13 @@ impl Metrics {
                 .unwrap_or_else(|e| panic!("{e}"));
         r.register(Box::new(requests_in_flight.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
+        let upstream_idle_connections = IntGauge::new(
+            "gatehouse_upstream_idle_connections",
+            "Idle keep-alive connections to backends kept for reuse (all pools, at scrape time).",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(upstream_idle_connections.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         let config_loaded = Gauge::new(
             "gatehouse_config_last_load_timestamp_seconds",
             "Unix time the running configuration was loaded.",
@@ -142,6 +150,7 @@ impl Metrics {
                 &["route"],
             ),
             requests_in_flight,
+            upstream_idle_connections,
             downstream_connections: gauge(
                 &r,
                 "gatehouse_downstream_connections",

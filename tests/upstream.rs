@@ -649,6 +649,8 @@ async fn idle_backend_connections_are_reused_then_closed_after_timeouts_idle() {
         1,
         "one connection, reused"
     );
+    let idle = "gatehouse_upstream_idle_connections";
+    assert_eq!(metric(&gh.metrics().await, idle), 1.0);
 
     // Nothing more is sent: gatehouse closes the idle connection after about a second.
     let closed = eventually(Duration::from_secs(5), async || {
@@ -661,6 +663,12 @@ async fn idle_backend_connections_are_reused_then_closed_after_timeouts_idle() {
         after >= Duration::from_millis(900),
         "closed after only {after:?}"
     );
+    // (The count drops just after the close the origin saw.)
+    let counted = eventually(Duration::from_secs(2), async || {
+        metric(&gh.metrics().await, idle) == 0.0
+    })
+    .await;
+    assert!(counted, "{idle} stays above 0");
 
     // The next request opens a new connection.
     let r = c.get(gh.url("/")).send().await.unwrap();

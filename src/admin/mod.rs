@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (configuration
 //! loaded and every listener, HTTP, HTTPS and stream, accepting), `/status` (JSON) and `POST /reload`.
-//! Never public by default (127.0.0.1:9090). Imports: control, runtime, metrics.
+//! Never public by default (127.0.0.1:9090). Imports: control, runtime, metrics (and the
+//! proxy's count of idle backend connections, handed over at startup).
 
 mod sockets;
 mod status;
@@ -11,15 +12,20 @@ use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use pingora::proxy::IdleConnections;
 use std::sync::Arc;
 
 pub struct Admin {
     control: Arc<Control>,
+    idle_upstream: IdleConnections,
 }
 
 impl Admin {
-    pub fn new(control: Arc<Control>) -> Self {
-        Admin { control }
+    pub fn new(control: Arc<Control>, idle_upstream: IdleConnections) -> Self {
+        Admin {
+            control,
+            idle_upstream,
+        }
     }
 }
 
@@ -44,6 +50,9 @@ impl ServeHttp for Admin {
         match (method, path.as_str()) {
             (Method::GET, "/metrics") => {
                 status::refresh_backend_metrics(&self.control.state.load());
+                metrics::get()
+                    .upstream_idle_connections
+                    .set(self.idle_upstream.count() as i64);
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

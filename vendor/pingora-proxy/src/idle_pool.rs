@@ -153,6 +153,21 @@ impl IdlePool {
     }
 }
 
+/// gatehouse patch: how many idle connections a proxy's pool holds now (for a metric).
+#[derive(Clone)]
+pub struct IdleConnections(Arc<IdlePool>);
+
+impl IdleConnections {
+    pub(crate) fn new(pool: Arc<IdlePool>) -> Self {
+        IdleConnections(pool)
+    }
+
+    /// Idle connections kept for reuse, all backends together.
+    pub fn count(&self) -> usize {
+        self.0.idle.load(Ordering::Relaxed)
+    }
+}
+
 async fn sweep_forever(pool: Weak<IdlePool>) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;

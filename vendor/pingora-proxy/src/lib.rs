@@ -87,6 +87,7 @@ type DownstreamCustomMessageReader =
     Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
 mod idle_pool;
+pub use idle_pool::IdleConnections;
 mod proxy_cache;
 mod proxy_common;
 mod proxy_custom;
@@ -244,6 +245,11 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
+    /// gatehouse patch: the count of idle upstream HTTP/1 connections in this proxy's pool.
+    pub fn idle_upstream_connections(&self) -> IdleConnections {
+        IdleConnections::new(self.idle_pool.clone())
+    }
+
     fn new_custom(
         inner: SV,
         conf: Arc<ServerConf>,
