@@ -58,6 +58,13 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     g
 }
 
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    g
+}
+
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -88,18 +95,16 @@ impl Metrics {
             "gatehouse_tls_certificate_errors_total",
             "Handshakes where the chosen certificate could not be installed.",
         );
-        let requests_in_flight =
-            IntGauge::new("gatehouse_requests_in_flight", "Requests being served now.")
-                .unwrap_or_else(|e| panic!("{e}"));
-        r.register(Box::new(requests_in_flight.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let upstream_idle_connections = IntGauge::new(
+        let requests_in_flight = int_gauge(
+            &r,
+            "gatehouse_requests_in_flight",
+            "Requests being served now.",
+        );
+        let upstream_idle_connections = int_gauge(
+            &r,
             "gatehouse_upstream_idle_connections",
             "Idle keep-alive connections to backends kept for reuse (all pools, at scrape time).",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        r.register(Box::new(upstream_idle_connections.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        );
         let config_loaded = Gauge::new(
             "gatehouse_config_last_load_timestamp_seconds",
             "Unix time the running configuration was loaded.",

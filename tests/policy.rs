@@ -169,14 +169,7 @@ async fn each_rewrite_form_keeps_the_query() {
         ("/old-api/users?x=1", "/v2?x=1"),
         ("/old/a/b?q", "/new/a/b?q"),
     ] {
-        let body = c
-            .get(gh.url(req))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = get_text(&c, &gh.url(req)).await;
         assert_eq!(echo(&body)["uri"], want, "{req}");
     }
 }

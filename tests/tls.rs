@@ -150,10 +150,7 @@ async fn a_reload_picks_up_new_certificates_without_a_restart() {
     let out = gatehouse_cmd(&["reload", "-c", gh.config.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let c = ca.client(&["late.test"], https); // a fresh client: no TLS session reuse
-    assert_eq!(
-        c.get(&url).send().await.unwrap().text().await.unwrap(),
-        "secure\n"
-    );
+    assert_eq!(get_text(&c, &url).await, "secure\n");
 }
 
 #[tokio::test]

@@ -54,14 +54,7 @@ ingresses:
     let c = client();
     let mut seen = HashMap::<String, usize>::new();
     for _ in 0..100 {
-        let body = c
-            .get(gh.url("/r"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = get_text(&c, &gh.url("/r")).await;
         *seen.entry(origin_of(&body)).or_default() += 1;
     }
     assert!(
@@ -731,14 +724,7 @@ async fn the_keepalive_pool_size_bounds_idle_backend_connections() {
         log.closed_by_peer.lock().unwrap().len()
     );
     for _ in 0..4 {
-        let body = c
-            .get(gh.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = get_text(&c, &gh.url("/")).await;
         assert!(body.starts_with("connection "), "{body}");
     }
     assert_eq!(

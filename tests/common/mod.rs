@@ -455,14 +455,7 @@ impl Gatehouse {
 
     /// The Prometheus text from the admin listener.
     pub async fn metrics(&self) -> String {
-        client()
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(&client(), &self.admin_url("/metrics")).await
     }
 
     /// The `/status` JSON from the admin listener.
@@ -550,6 +543,11 @@ pub async fn get_with(
         .iter()
         .fold(c.get(url), |r, (n, v)| r.header(*n, *v));
     req.send().await.unwrap()
+}
+
+/// The body of a GET to `url`.
+pub async fn get_text(c: &reqwest::Client, url: &str) -> String {
+    c.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 /// GET `url` with a Host header; returns (status, body).

@@ -19,6 +19,7 @@
 
 use futures::FutureExt;
 use pingora_core::protocols::Stream;
+use pingora_core::server::configuration::ServerConf;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -31,6 +32,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 struct Idle {
     stream: Stream,
     expires: Option<Instant>,
+}
+
+impl Idle {
+    /// Not past its idle timeout at `now`, and still open.
+    fn usable(&mut self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| e > now) && still_open(&mut self.stream)
+    }
 }
 
 #[derive(Default)]
@@ -64,17 +72,18 @@ fn still_open(stream: &mut Stream) -> bool {
 }
 
 impl IdlePool {
-    /// A pool keeping at most `max_idle` idle connections, sharded for `threads` worker threads.
-    pub(crate) fn new(max_idle: usize, threads: usize) -> Self {
-        let shards = (0..threads.max(1) * 2)
+    /// A pool keeping at most `upstream_keepalive_pool_size` idle connections, sharded for the
+    /// server's worker threads.
+    pub(crate) fn for_conf(conf: &ServerConf) -> Arc<Self> {
+        let shards = (0..conf.threads.max(1) * 2)
             .map(|_| Mutex::new(Shard::default()))
             .collect();
-        IdlePool {
+        Arc::new(IdlePool {
             shards,
             idle: AtomicUsize::new(0),
-            max_idle,
+            max_idle: conf.upstream_keepalive_pool_size,
             sweeper: AtomicBool::new(false),
-        }
+        })
     }
 
     fn home(&self) -> usize {
@@ -93,13 +102,10 @@ impl IdlePool {
     fn take_from(&self, shard: &Mutex<Shard>, key: u64) -> Option<Stream> {
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         let list = shard.by_peer.get_mut(&key)?;
-        let mut now = None;
+        let now = Instant::now();
         while let Some(mut idle) = list.pop_back() {
             self.idle.fetch_sub(1, Ordering::Relaxed);
-            let expired = idle
-                .expires
-                .is_some_and(|e| e <= *now.get_or_insert_with(Instant::now));
-            if !expired && still_open(&mut idle.stream) {
+            if idle.usable(now) {
                 return Some(idle.stream);
             }
         }
@@ -143,9 +149,7 @@ impl IdlePool {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             shard.by_peer.retain(|_, list| {
                 let before = list.len();
-                list.retain_mut(|idle| {
-                    idle.expires.is_none_or(|e| e > now) && still_open(&mut idle.stream)
-                });
+                list.retain_mut(|idle| idle.usable(now));
                 self.idle.fetch_sub(before - list.len(), Ordering::Relaxed);
                 !list.is_empty()
             });

@@ -233,10 +233,7 @@ impl<SV> HttpProxy<SV, ()> {
             upstream_modules: HttpModules::new(),
             max_retries: conf.max_retries,
             process_custom_session: None,
-            idle_pool: Arc::new(idle_pool::IdlePool::new(
-                conf.upstream_keepalive_pool_size,
-                conf.threads,
-            )),
+            idle_pool: idle_pool::IdlePool::for_conf(&conf),
         }
     }
 }
@@ -278,10 +275,7 @@ where
             max_retries: conf.max_retries,
             process_custom_session: on_custom,
             h2_options: None,
-            idle_pool: Arc::new(idle_pool::IdlePool::new(
-                conf.upstream_keepalive_pool_size,
-                conf.threads,
-            )),
+            idle_pool: idle_pool::IdlePool::for_conf(&conf),
         }
     }
 
