@@ -306,6 +306,11 @@ ingresses:
 
 /// An origin that answers every connection with the request head it received, byte for byte.
 async fn head_echo() -> std::net::SocketAddr {
+    head_echo_with("").await
+}
+
+/// [head_echo], its answer carrying `extra` header lines (each ending in CRLF) first.
+async fn head_echo_with(extra: &'static str) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -321,7 +326,7 @@ async fn head_echo() -> std::net::SocketAddr {
                     }
                 }
                 let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
                     head.len()
                 );
                 let _ = s.write_all(reply.as_bytes()).await;
@@ -360,6 +365,32 @@ ingresses:
         assert!(head.contains(line), "{line:?} not in:\n{head}");
     }
     assert!(head.contains("\r\nX-Request-Id: "), "{head}");
+}
+
+#[tokio::test]
+async fn header_names_are_passed_on_as_spelled_both_ways() {
+    // Usual spellings, lower case, odd case, and one name in two spellings, each way.
+    let origin =
+        head_echo_with("Set-Cookie: a=1\r\nServer: o\r\nset-COOKIE: b=2\r\nX-Origin-ODD: y\r\n")
+            .await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{origin}\"] }}\n{}",
+        one_route("s")
+    ))
+    .await;
+    let answer = gh
+        .raw(b"GET / HTTP/1.1\r\nHost: x\r\nuser-agent: lower\r\nx-mixed: 1\r\nX-MiXed: 2\r\nACCEPT: */*\r\nAccept-Language: en\r\nConnection: close\r\n\r\n")
+        .await;
+    let (response, request) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        request.contains("\r\nuser-agent: lower\r\nx-mixed: 1\r\nX-MiXed: 2\r\nACCEPT: */*\r\nAccept-Language: en\r\n"),
+        "{answer}"
+    );
+    assert!(
+        response
+            .contains("\r\nSet-Cookie: a=1\r\nset-COOKIE: b=2\r\nServer: o\r\nX-Origin-ODD: y\r\n"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]

@@ -66,6 +66,16 @@ pub enum HeaderNameVariant<'a> {
     Titled(&'a str),
 }
 
+impl HeaderNameVariant<'_> {
+    /// The name as it is written on the wire.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Case(case) => case.as_slice(),
+            Self::Titled(name) => name.as_bytes(),
+        }
+    }
+}
+
 /// The HTTP request header type.
 ///
 /// This type is similar to [http::request::Parts] but preserves header name case.
@@ -167,9 +177,9 @@ impl RequestHeader {
         size_hint: Option<usize>,
     ) -> Result<Self> {
         let mut req = Self::build_no_case(method, path, size_hint)?;
-        req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        // gatehouse patch: the case map is sparse (see `append_header_value`) and usually
+        // stays empty, so it is not given room up front.
+        req.header_name_map = Some(CaseMap::with_capacity(0));
         Ok(req)
     }
 
@@ -250,7 +260,9 @@ impl RequestHeader {
     /// Otherwise returns an empty iterator.
     ///
     /// Headers of the same name are visited in insertion order.
-    pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
+    pub fn case_header_iter(
+        &self,
+    ) -> impl Iterator<Item = (HeaderNameVariant<'_>, &HeaderValue)> + '_ {
         case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
     }
 
@@ -263,26 +275,9 @@ impl RequestHeader {
         &self,
         mut f: F,
     ) -> Result<()> {
-        let key_map = self.header_name_map.as_ref();
-        let value_map = &self.base.headers;
-
-        if let Some(key_map) = key_map {
-            let iter = key_map.iter().zip(value_map.iter());
-            for ((header, case_header), (header2, val)) in iter {
-                if header != header2 {
-                    // in case the header iteration order changes in future versions of HMap
-                    panic!("header iter mismatch {}, {}", header, header2)
-                }
-                f(HeaderNameVariant::Case(case_header), val)?;
-            }
-        } else {
-            for (header, value) in value_map {
-                let titled_header =
-                    case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-                f(HeaderNameVariant::Titled(titled_header), value)?;
-            }
+        for (name, value) in Spelled::new(self.header_name_map.as_ref(), &self.base.headers) {
+            f(name, value)?;
         }
-
         Ok(())
     }
 
@@ -406,9 +401,6 @@ impl RequestHeader {
     pub fn reserve_headers(&mut self, additional: usize) {
         // `try_`: never the panic of `reserve` on a map near `http`'s MAX_SIZE.
         let _ = self.base.headers.try_reserve(additional);
-        if let Some(map) = self.header_name_map.as_mut() {
-            let _ = map.try_reserve(additional);
-        }
     }
 }
 
@@ -517,9 +509,8 @@ impl From<Box<ResponseHeader>> for Box<RespParts> {
 impl ResponseHeader {
     fn new(size_hint: Option<usize>) -> Self {
         let mut resp_header = Self::new_no_case(size_hint);
-        resp_header.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        // gatehouse patch: sparse, as in `RequestHeader::build`.
+        resp_header.header_name_map = Some(CaseMap::with_capacity(0));
         resp_header
     }
 
@@ -614,7 +605,9 @@ impl ResponseHeader {
     /// Otherwise returns an empty iterator.
     ///
     /// Headers of the same name are visited in insertion order.
-    pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
+    pub fn case_header_iter(
+        &self,
+    ) -> impl Iterator<Item = (HeaderNameVariant<'_>, &HeaderValue)> + '_ {
         case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
     }
 
@@ -627,26 +620,9 @@ impl ResponseHeader {
         &self,
         mut f: F,
     ) -> Result<()> {
-        let key_map = self.header_name_map.as_ref();
-        let value_map = &self.base.headers;
-
-        if let Some(key_map) = key_map {
-            let iter = key_map.iter().zip(value_map.iter());
-            for ((header, case_header), (header2, val)) in iter {
-                if header != header2 {
-                    // in case the header iteration order changes in future versions of HMap
-                    panic!("header iter mismatch {}, {}", header, header2)
-                }
-                f(HeaderNameVariant::Case(case_header), val)?;
-            }
-        } else {
-            for (header, value) in value_map {
-                let titled_header =
-                    case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-                f(HeaderNameVariant::Titled(titled_header), value)?;
-            }
+        for (name, value) in Spelled::new(self.header_name_map.as_ref(), &self.base.headers) {
+            f(name, value)?;
         }
-
         Ok(())
     }
 
@@ -698,9 +674,6 @@ impl ResponseHeader {
     /// [RequestHeader::reserve_headers]).
     pub fn reserve_headers(&mut self, additional: usize) {
         let _ = self.base.headers.try_reserve(additional);
-        if let Some(map) = self.header_name_map.as_mut() {
-            let _ = map.try_reserve(additional);
-        }
     }
 
     /// Helper function to set the HTTP content length on the response header.
@@ -872,16 +845,23 @@ fn append_header_value<T>(
     value: T,
 ) -> Result<bool> {
     let (header_name, case_header_name) = name
-        .into_names()
+        .into_sparse_names()
         .or_err(InvalidHTTPHeader, "invalid header name")?;
-    // store the original case in the map
+    // gatehouse patch: the case map is sparse. A name spelled the usual way (see
+    // `usual_spelling`) has no entry; a name spelled otherwise even once has one spelling per
+    // value, in value order, so that each line is written as it came.
     if let Some(name_map) = name_map {
-        // Use the non-panicking `try_append`: the infallible `append` calls
-        // `.expect("size overflows MAX_SIZE")` internally, which would abort the
-        // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
-        name_map
-            .try_append(header_name.clone(), case_header_name)
-            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        let known = !name_map.is_empty() && name_map.contains_key(&header_name);
+        if known || case_header_name.is_some() {
+            if !known {
+                // The values already there were spelled the usual way.
+                for _ in value_map.get_all(&header_name) {
+                    append_spelling(name_map, &header_name, usual_case(&header_name))?;
+                }
+            }
+            let case = case_header_name.unwrap_or_else(|| usual_case(&header_name));
+            append_spelling(name_map, &header_name, case)?;
+        }
     }
 
     // Non-panicking `try_append` for the same reason as the case map above.
@@ -899,13 +879,26 @@ fn insert_header_value<T>(
     value: T,
 ) -> Result<()> {
     let (header_name, case_header_name) = name
-        .into_names()
+        .into_sparse_names()
         .or_err(InvalidHTTPHeader, "invalid header name")?;
+    // gatehouse patch: sparse case map, as in `append_header_value`.
     if let Some(name_map) = name_map {
-        // store the original case in the map
-        name_map.insert(header_name.clone(), case_header_name);
+        match case_header_name {
+            Some(case) => {
+                name_map
+                    .try_insert(header_name.clone(), case)
+                    .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+            }
+            None if !name_map.is_empty() => {
+                name_map.remove(&header_name);
+            }
+            None => {}
+        }
     }
-    value_map.insert(header_name, value);
+    value_map.try_insert(header_name, value).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )?;
     Ok(())
 }
 
@@ -921,7 +914,7 @@ where
 {
     let removed = value_map.remove(name);
     if removed.is_some() {
-        if let Some(name_map) = name_map {
+        if let Some(name_map) = name_map.filter(|m| !m.is_empty()) {
             name_map.remove(name);
         }
     }
@@ -1030,22 +1023,11 @@ fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl
     const CRLF: &[u8; 2] = b"\r\n";
     const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
 
-    if let Some(key_map) = key_map {
-        case_header_iter(key_map.into(), value_map).for_each(|(case_header, val)| {
-            buf.put_slice(case_header.as_slice());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(val.as_ref());
-            buf.put_slice(CRLF);
-        });
-    } else {
-        for (header, value) in value_map {
-            let titled_header =
-                case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-            buf.put_slice(titled_header.as_bytes());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(value.as_ref());
-            buf.put_slice(CRLF);
-        }
+    for (name, value) in Spelled::new(key_map, value_map) {
+        buf.put_slice(name.as_slice());
+        buf.put_slice(HEADER_KV_DELIMITER);
+        buf.put_slice(value.as_ref());
+        buf.put_slice(CRLF);
     }
 }
 
@@ -1053,17 +1035,71 @@ fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl
 fn case_header_iter<'a>(
     name_map: Option<&'a CaseMap>,
     value_map: &'a HMap,
-) -> impl Iterator<Item = (&'a CaseHeaderName, &'a HeaderValue)> + 'a {
-    name_map.into_iter().flat_map(|name_map| {
-        name_map
-            .iter()
-            .zip(value_map.iter())
-            .map(|((h1, name), (h2, value))| {
-                // in case the header iteration order changes in future versions of HMap
-                assert_eq!(h1, h2, "header iter mismatch {}, {}", h1, h2);
-                (name, value)
-            })
-    })
+) -> impl Iterator<Item = (HeaderNameVariant<'a>, &'a HeaderValue)> + 'a {
+    name_map
+        .into_iter()
+        .flat_map(move |name_map| Spelled::new(Some(name_map), value_map))
+}
+
+// gatehouse patch: the sparse case map.
+
+/// How a name is written when its header has no spelling of its own: the usual title case of
+/// a well-known name (`Content-Type`, `X-Forwarded-For`), otherwise the name as parsed.
+fn usual_spelling(name: &HeaderName) -> &str {
+    case_header_name::titled_header_name_str(name).unwrap_or(name.as_str())
+}
+
+fn usual_case(name: &HeaderName) -> CaseHeaderName {
+    case_header_name::titled_header_name(name).into_case_header_name()
+}
+
+fn append_spelling(name_map: &mut CaseMap, name: &HeaderName, case: CaseHeaderName) -> Result<()> {
+    // The non-panicking `try_append`: `append` panics past `http`'s `MAX_SIZE` (1 << 15).
+    name_map
+        .try_append(name.clone(), case)
+        .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    Ok(())
+}
+
+/// The header lines in order, each with its name as it is to be written: its own spelling
+/// from the (sparse) case map, or the usual one. Without a case map every name is written the
+/// usual way. A value added straight to the value map has no spelling and gets the usual one.
+struct Spelled<'a> {
+    names: Option<&'a CaseMap>,
+    values: http::header::Iter<'a, HeaderValue>,
+    // The name being visited (all values of a name come one after another, with the same key)
+    // and its remaining spellings.
+    current: Option<(&'a HeaderName, http::header::ValueIter<'a, CaseHeaderName>)>,
+}
+
+impl<'a> Spelled<'a> {
+    fn new(names: Option<&'a CaseMap>, values: &'a HMap) -> Self {
+        Spelled {
+            names: names.filter(|m| !m.is_empty()),
+            values: values.iter(),
+            current: None,
+        }
+    }
+}
+
+impl<'a> Iterator for Spelled<'a> {
+    type Item = (HeaderNameVariant<'a>, &'a HeaderValue);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (name, value) = self.values.next()?;
+        let usual = || HeaderNameVariant::Titled(usual_spelling(name));
+        let Some(names) = self.names else {
+            return Some((usual(), value));
+        };
+        if !matches!(self.current, Some((n, _)) if std::ptr::eq(n, name)) {
+            self.current = Some((name, names.get_all(name).into_iter()));
+        }
+        let own = self
+            .current
+            .as_mut()
+            .and_then(|(_, spellings)| spellings.next());
+        Some((own.map_or_else(usual, HeaderNameVariant::Case), value))
+    }
 }
 
 #[cfg(test)]
@@ -1114,6 +1150,83 @@ mod tests {
                 _ => panic!("too many headers"),
             }
         });
+    }
+
+    // gatehouse patch: the sparse case map.
+    #[test]
+    fn test_usual_spellings_leave_the_case_map_empty() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("Host", "a").unwrap();
+        req.append_header("User-Agent", "b").unwrap();
+        req.insert_header("X-Forwarded-For", "c").unwrap();
+        req.insert_header(http::header::CONTENT_TYPE, "d").unwrap();
+        req.append_header("x-custom", "e").unwrap();
+        assert!(req.header_name_map.as_ref().unwrap().is_empty());
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert_eq!(
+            buf,
+            b"Host: a\r\nUser-Agent: b\r\nX-Forwarded-For: c\r\nContent-Type: d\r\nx-custom: e\r\n"
+        );
+        // A clone of an empty case map allocates nothing and writes the same.
+        let mut again: Vec<u8> = vec![];
+        req.clone().header_to_h1_wire(&mut again);
+        assert_eq!(buf, again);
+    }
+
+    #[test]
+    fn test_each_line_keeps_its_spelling_when_one_is_unusual() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("Set-Cookie", "a=1").unwrap();
+        resp.append_header("Server", "s").unwrap();
+        resp.append_header("set-COOKIE", "b=2").unwrap();
+        resp.append_header("Set-Cookie", "c=3").unwrap();
+        resp.append_header("X-Custom", "x").unwrap();
+        let mut buf: Vec<u8> = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(
+            buf,
+            b"Set-Cookie: a=1\r\nset-COOKIE: b=2\r\nSet-Cookie: c=3\r\nServer: s\r\nX-Custom: x\r\n"
+        );
+        let names: Vec<_> = resp
+            .case_header_iter()
+            .map(|(k, _)| String::from_utf8_lossy(k.as_slice()).into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Set-Cookie",
+                "set-COOKIE",
+                "Set-Cookie",
+                "Server",
+                "X-Custom"
+            ]
+        );
+
+        // Insert replaces the spellings with the new one; the usual one clears them.
+        resp.insert_header("set-cookie", "d=4").unwrap();
+        resp.insert_header("x-custom", "y").unwrap();
+        let mut buf: Vec<u8> = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"set-cookie: d=4\r\nServer: s\r\nx-custom: y\r\n");
+        resp.insert_header(http::header::SET_COOKIE, "e=5").unwrap();
+        resp.remove_header("x-custom");
+        assert!(resp.header_name_map.as_ref().unwrap().is_empty());
+        let mut buf: Vec<u8> = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"Set-Cookie: e=5\r\nServer: s\r\n");
+    }
+
+    #[test]
+    fn test_a_static_spelling_of_another_name_is_ignored() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let name = HeaderName::from_static("x-real-ip");
+        req.insert_header((&name, "x-REAL-ip"), "1").unwrap();
+        req.insert_header((&http::header::HOST, "Hots"), "h")
+            .unwrap();
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"x-REAL-ip: 1\r\nHost: h\r\n");
     }
 
     #[test]
