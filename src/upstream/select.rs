@@ -36,6 +36,11 @@ impl Pool {
         skip_ejected: bool,
     ) -> Option<SocketAddr> {
         let ok = |a: &SocketAddr| !(exclude.contains(a) || skip_ejected && self.ejected(*a));
+        // One backend: whatever the algorithm, it is the answer if it may be used; the
+        // balancer's per-pick work (its set of backends seen, hashing) is skipped.
+        if let [only] = self.config.targets.as_slice() {
+            return (ok(&only.addr) && self.is_healthy(only.addr)).then_some(only.addr);
+        }
         let accept = |b: &Backend, healthy: bool| healthy && b.addr.as_inet().is_some_and(ok);
         let backend = match &self.balancer {
             Balancer::RoundRobin(_) if self.config.balance == Balance::LeastConnections => {
