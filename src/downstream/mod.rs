@@ -1,7 +1,8 @@
 //! What happens to a downstream connection before Pingora parses HTTP on it: the per-listener
 //! connection limit, the PROXY protocol (the client address a TCP load balancer in front of
 //! gatehouse reports) and the deadline on every request head. [`Guard`] wraps the HTTP proxy
-//! app; settings come from the current runtime, so a reload applies them to new connections.
+//! app (serving HTTP/1 connections through the vendored `process_new_connection`); settings come
+//! from the current runtime, so a reload applies them to new connections.
 //! Imports: runtime, metrics, proxy_protocol.
 
 mod head;
@@ -14,12 +15,15 @@ use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::connectors::http::custom;
 use pingora::listeners::PreTlsProcess;
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -82,8 +86,41 @@ fn local_port(stream: &Stream) -> Option<u16> {
     d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port())
 }
 
+/// The app behind the guard: what serves a connection once the guard has let it in.
+pub trait ConnectionApp: Send + Sync + 'static {
+    fn serve<'a>(
+        self: &'a Arc<Self>,
+        stream: Stream,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<Stream>> + Send + 'a;
+
+    fn cleanup(&self) -> impl Future<Output = ()> + Send + '_;
+}
+
+/// Pingora's HTTP proxy, through the vendored `process_new_connection`: Pingora's own
+/// `process_new`, except that the requests of an HTTP/1 connection are served in one future
+/// rather than in a boxed future each (see vendor/pingora-proxy/GATEHOUSE-PATCH.md).
+impl<SV, C> ConnectionApp for HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    SV::CTX: Send + Sync,
+    C: custom::Connector,
+{
+    fn serve<'a>(
+        self: &'a Arc<Self>,
+        stream: Stream,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<Stream>> + Send + 'a {
+        self.process_new_connection(stream, shutdown)
+    }
+
+    fn cleanup(&self) -> impl Future<Output = ()> + Send + '_ {
+        ServerApp::cleanup(self)
+    }
+}
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
+impl<A: ConnectionApp> ServerApp for Guard<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -125,11 +162,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
             stream = l4;
         }
         let mut guarded: Stream = Box::new(HeadDeadline::new(stream, limits.header_timeout));
-        let mut next = self.inner.process_new(guarded, shutdown).await;
+        let mut next = self.inner.serve(guarded, shutdown).await;
         // Pingora hands a connection back only for custom protocols; keep serving it.
         while let Some(s) = next {
             guarded = s;
-            next = self.inner.process_new(guarded, shutdown).await;
+            next = self.inner.serve(guarded, shutdown).await;
         }
         None
     }

@@ -1579,14 +1579,58 @@ impl SubrequestSpawner {
     }
 }
 
-#[async_trait]
-impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+// gatehouse patch: the requests of an HTTP/1 connection are served in one future.
+//
+// Pingora's `ServerApp::process_new` (for every `HttpServerApp`) calls `process_new_http` once
+// per request, and `#[async_trait]` boxes that call: a ~9 KB future allocated and copied into
+// its box for every request of a keep-alive connection. `process_new_connection` is the same
+// connection loop with the request future awaited in place; gatehouse's connection guard calls
+// it instead of `process_new`.
+impl<SV, C> HttpProxy<SV, C>
 where
     SV: ProxyHttp + Send + Sync + 'static,
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    async fn process_new_http(
+    /// Serve one downstream connection, as `ServerApp::process_new` does: HTTP/1 here, its
+    /// requests one after another; HTTP/2, h2c and custom protocols by `process_new` itself.
+    pub async fn process_new_connection(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let options = self.server_options.as_ref();
+        let h1 = !options.is_some_and(|o| o.h2c || o.force_custom)
+            && !matches!(
+                stream.selected_alpn_proto(),
+                Some(ALPN::H2) | Some(ALPN::Custom(_))
+            );
+        if !h1 {
+            return pingora_core::apps::ServerApp::process_new(self, stream, shutdown).await;
+        }
+        // From here as in `process_new`'s HTTP/1 branch.
+        let mut session = HttpSession::new_http1(stream);
+        if *shutdown.borrow() {
+            // stop downstream from reusing if this service is shutting down soon
+            session.set_keepalive(None);
+        } else {
+            // default 60s
+            session.set_keepalive(Some(60));
+        }
+        session.set_keepalive_reuses_remaining(options.and_then(|o| o.keepalive_request_limit));
+        let mut result = self.serve_http(session, shutdown).await;
+        while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            let mut session = HttpSession::new_http1(stream);
+            if let Some(persistent_settings) = persistent_settings {
+                persistent_settings.apply_to_session(&mut session);
+            }
+            result = self.serve_http(session, shutdown).await;
+        }
+        None
+    }
+
+    /// One request (what `process_new_http` does), as a future that is not boxed.
+    async fn serve_http(
         self: &Arc<Self>,
         mut session: HttpSession,
         shutdown: &ShutdownWatch,
@@ -1622,6 +1666,22 @@ where
         }
 
         self.process_request(session, ctx).await
+    }
+}
+
+#[async_trait]
+impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+    C: custom::Connector,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: HttpSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.serve_http(session, shutdown).await
     }
 
     async fn http_cleanup(&self) {
