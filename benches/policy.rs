@@ -22,22 +22,22 @@ use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Counts live heap bytes, to report the memory per tracked rate-limit key; allocates with
-/// mimalloc, like the gatehouse binary.
+/// the gatehouse binary's allocator (mimalloc).
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Relaxed);
-        unsafe { mimalloc::MiMalloc.alloc(l) }
+        unsafe { gatehouse::alloc::Allocator.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Relaxed);
-        unsafe { mimalloc::MiMalloc.dealloc(p, l) }
+        unsafe { gatehouse::alloc::Allocator.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as isize - l.size() as isize, Relaxed);
-        unsafe { mimalloc::MiMalloc.realloc(p, l, new) }
+        unsafe { gatehouse::alloc::Allocator.realloc(p, l, new) }
     }
 }
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 /// The same allocator as gatehouse, so that the distance between the two is our features'.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: gatehouse::alloc::Allocator = gatehouse::alloc::Allocator;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;

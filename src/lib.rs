@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod acme;
 pub mod admin;
+pub mod alloc;
 pub mod config;
 pub mod control;
 pub mod downstream;

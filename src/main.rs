@@ -4,10 +4,9 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: a request allocates and frees many small objects on
-/// whichever worker thread runs it; glibc's allocator took ~17% of the proxy's CPU under load.
+/// mimalloc, see `gatehouse::alloc`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: gatehouse::alloc::Allocator = gatehouse::alloc::Allocator;
 
 #[derive(Parser)]
 #[command(
