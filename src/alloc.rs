@@ -10,6 +10,11 @@
 //! requests, so the slow path repeats: 16 of the ~80 allocations of a proxied request took it.
 //! Every mimalloc block is aligned to at least a machine word, so a request that needs no more
 //! is a plain `mi_malloc`; only larger alignments use the aligned calls.
+//!
+//! Built without transparent huge pages (`no_thp`): mimalloc otherwise asks the kernel to back
+//! its heap with 2 MiB pages, and each one is resident as soon as any of it is touched. That
+//! put the idle process at 23.8 MiB (32.3 MiB with 1,000 routes and every policy) instead of
+//! 16.9 (20.6), and made RSS move in 2 MiB steps with the heap's layout.
 //! Imports: nothing of ours.
 
 use libmimalloc_sys as mi;

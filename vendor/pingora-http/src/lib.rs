@@ -864,7 +864,7 @@ fn append_header_value<T>(
         }
     }
 
-    // Non-panicking `try_append` for the same reason as the case map above.
+    // Non-panicking `try_append`, as in `append_spelling`.
     value_map.try_append(header_name, value).or_err(
         InvalidHTTPHeader,
         "header value map size overflows MAX_SIZE",
