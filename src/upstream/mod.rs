@@ -274,6 +274,9 @@ enum Balancer {
 pub struct Pool {
     pub config: PoolConfig,
     balancer: Balancer,
+    /// The backends as the balancer knows them, in the order of `config.targets`: built once,
+    /// for health lookups on the request path.
+    members: Box<[Backend]>,
     /// In-flight requests per backend, in the order of `config.targets` (deduplicated).
     inflight: Box<[(SocketAddr, AtomicUsize)]>,
     /// Passive health per backend (same order): consecutive failures, ejected until (ms
@@ -299,7 +302,7 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// Build a pool. Starts nothing: health checks are started by [`spawn_health_checks`].
     pub fn new(config: PoolConfig) -> Result<Pool, String> {
-        let set: BTreeSet<Backend> = config
+        let members: Box<[Backend]> = config
             .targets
             .iter()
             .map(|t| Backend {
@@ -308,6 +311,7 @@ impl Pool {
                 ext: Default::default(),
             })
             .collect();
+        let set: BTreeSet<Backend> = members.iter().cloned().collect();
         let hc = config
             .health_check
             .as_ref()
@@ -335,6 +339,7 @@ impl Pool {
             max_iterations: total_weight.saturating_mul(2).saturating_add(16),
             config,
             balancer,
+            members,
             inflight,
             passive,
             born: std::time::Instant::now(),
@@ -354,17 +359,10 @@ impl Pool {
 
     /// Whether the active health check currently considers `addr` healthy.
     pub fn is_healthy(&self, addr: SocketAddr) -> bool {
-        self.config
-            .targets
+        self.members
             .iter()
-            .filter(|t| t.addr == addr)
-            .any(|t| {
-                self.backends().ready(&Backend {
-                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(t.addr),
-                    weight: t.weight,
-                    ext: Default::default(),
-                })
-            })
+            .filter(|b| b.addr.as_inet() == Some(&addr))
+            .any(|b| self.backends().ready(b))
     }
 
     /// Requests currently in flight to `addr`.
