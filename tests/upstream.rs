@@ -765,3 +765,190 @@ async fn the_keepalive_pool_size_bounds_idle_backend_connections() {
     );
     assert_eq!(log.closed_by_peer.lock().unwrap().len(), 3);
 }
+
+/// An origin that reads one request head per connection and never answers; it sends on
+/// `seen` when a head has arrived and on `closed` when the proxy closes that connection.
+async fn silent_origin() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (seen_tx, closed_tx) = (seen_tx.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            head.extend_from_slice(&buf[..n]);
+                            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                                let _ = seen_tx.send(());
+                                head.clear();
+                            }
+                        }
+                    }
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (addr, seen, closed)
+}
+
+#[tokio::test]
+async fn a_client_leaving_while_the_backend_thinks_closes_the_backend_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (origin, mut seen, mut closed) = silent_origin().await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{origin}\"], retries: 0, timeouts: {{ read: 60s }} }}\n{}",
+        one_route("s")
+    ))
+    .await;
+    // A request without a body and one with a body take different paths through the proxy;
+    // both must notice the client going away long before the 60 s read timeout.
+    for request in [
+        &b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..],
+    ] {
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", gh.port))
+            .await
+            .unwrap();
+        client.write_all(request).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("the request reaches the backend")
+            .unwrap();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), closed.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "backend connection still open 10 s after the client left: {}",
+                    String::from_utf8_lossy(&request[..4])
+                )
+            })
+            .unwrap();
+    }
+}
+
+/// A keep-alive origin answering by path with the framings a proxy must pass on unchanged:
+/// `/chunked` (three chunks written apart), `/big` (1 MiB), `/304`, and any HEAD (a length
+/// but no body). Counts its connections.
+async fn framing_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                    if !head.ends_with(b"\r\n\r\n") {
+                        continue;
+                    }
+                    let line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .to_string();
+                    head.clear();
+                    let ok = if line.starts_with("HEAD ") {
+                        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                            .await
+                    } else if line.contains(" /304 ") {
+                        s.write_all(b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n")
+                            .await
+                    } else if line.contains(" /big ") {
+                        let mut reply =
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+                        reply.extend(std::iter::repeat_n(b'b', 1 << 20));
+                        s.write_all(&reply).await
+                    } else {
+                        let mut r = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                            .await;
+                        for chunk in ["3\r\naaa\r\n", "3\r\nbbb\r\n", "3\r\nccc\r\n0\r\n\r\n"] {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            r = r.and(s.write_all(chunk.as_bytes()).await);
+                        }
+                        r
+                    };
+                    if ok.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn response_framings_pass_through_and_both_connections_are_kept() {
+    use http_body_util::{BodyExt, Empty};
+    let (origin, conns) = framing_origin().await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{origin}\"] }}\n{}",
+        one_route("s")
+    ))
+    .await;
+    // One client connection (hyper's, which fails rather than reconnects), one request at a
+    // time: if either side of the proxy gave up its connection after any of these, the
+    // requests after it or the backend's connection count would show it.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gh.port))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for round in 0..2 {
+        for (method, path, status, len) in [
+            ("GET", "/chunked", 200, 9),
+            ("HEAD", "/head", 200, 0),
+            ("GET", "/304", 304, 0),
+            ("GET", "/big", 200, 1 << 20),
+        ] {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "x")
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let r = send.send_request(req).await.unwrap_or_else(|e| {
+                panic!("round {round}, {method} {path}: the connection was lost: {e}")
+            });
+            assert_eq!(r.status().as_u16(), status, "{method} {path}");
+            let headers = r.headers().clone();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len(), len, "{method} {path}");
+            match path {
+                "/chunked" => assert_eq!(&body[..], b"aaabbbccc"),
+                "/head" => assert_eq!(headers["content-length"], "1000"),
+                "/304" => assert_eq!(headers["etag"], "\"v1\""),
+                _ => assert!(body.iter().all(|&b| b == b'b')),
+            }
+        }
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one backend connection for all eight"
+    );
+}

@@ -126,6 +126,11 @@ where
             }
         }
 
+        // gatehouse patch: most requests have no body to stream; see `proxy_bodiless_1to1`.
+        if streams_no_request_body(session) {
+            return self.proxy_bodiless_1to1(session, client_session, ctx).await;
+        }
+
         let mut downstream_custom_message_writer = session
             .downstream_session
             .as_custom_mut()
@@ -189,6 +194,121 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// gatehouse patch: `proxy_1to1` for a request with no body to stream (see
+    /// `streams_no_request_body`), without the two task pipes and the two concurrent halves
+    /// joined by `try_join!`. The request's (empty) body goes through the same filters and is
+    /// finished upstream first; then each task read from the upstream is filtered and written
+    /// downstream as `process_upstream_tasks` does, while the downstream is watched for a
+    /// close or for unexpected data exactly as the downstream half watches it once its body is
+    /// done. Returns what `proxy_1to1` returns: (reuse downstream, reuse upstream, error).
+    async fn proxy_bodiless_1to1(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // What `send_body_to_pipe` does with the end of an empty body, then what the upstream
+        // half does with it. A failed write leaves the response to be read, as there.
+        let mut data = None;
+        if let Err(e) = session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        if let Err(e) = self
+            .inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        let mut send_error = send_body_to1(client_session, Some(HttpTask::Body(data, true)))
+            .await
+            .err();
+        let mut upstream_can_reuse = send_error.is_none();
+
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        let mut watch_downstream = true;
+        loop {
+            let read = tokio::select! {
+                biased;
+                res = client_session.read_response_task() => res,
+                res = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    match res {
+                        Err(e) => return (false, false, Some(e.into_down())),
+                        // Neither HTTP/1 nor HTTP/2 returns from an idle read but with an
+                        // error; should one, stop watching rather than spin.
+                        Ok(_) => {
+                            watch_downstream = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut task = match read {
+                Ok(task) => task,
+                // As the upstream half does: the first error (a failed request body write
+                // before it) goes downstream as a failed task, whose write returns it.
+                Err(e) => HttpTask::Failed(send_error.take().unwrap_or(e).into_up()),
+            };
+            let upstream_done = task.is_end();
+            #[cfg(feature = "upstream_modules")]
+            if let HttpTask::Header(header, end_of_stream) = &task {
+                if let Err(e) = self
+                    .inner
+                    .adjust_upstream_modules(session, header, *end_of_stream, ctx)
+                    .await
+                {
+                    return (false, false, Some(e));
+                }
+            }
+            #[cfg(feature = "upstream_modules")]
+            if let Err(e) = session.upstream_modules_filter_task(&mut task).await {
+                return (false, false, Some(e));
+            }
+            session.upstream_compression.response_filter(&mut task);
+            let task = match self
+                .h1_response_filter(
+                    session,
+                    task,
+                    ctx,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    false,
+                )
+                .await
+            {
+                Ok(task) => task,
+                Err(e) => return (false, false, Some(e)),
+            };
+            let downstream_done = match session.write_response_tasks(vec![task]).await {
+                Ok(done) => done,
+                Err(e) => return (false, false, Some(e)),
+            };
+            if downstream_done || upstream_done {
+                // A response the downstream framing ended before the upstream did leaves
+                // unread bytes on the upstream connection.
+                upstream_can_reuse &= upstream_done;
+                break;
+            }
+        }
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => true,
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        (reuse_downstream, upstream_can_reuse, None)
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -1079,6 +1199,21 @@ where
 
         Ok(end_of_body)
     }
+}
+
+/// gatehouse patch: whether `proxy_bodiless_1to1` may serve this request: an HTTP/1 or HTTP/2
+/// client (whose idle reads end only in an error), no cache, no upgrade, and a request body
+/// that is empty and done, with nothing buffered for a retry.
+fn streams_no_request_body(session: &mut Session) -> bool {
+    let ds = &mut session.downstream_session;
+    !ds.is_subrequest()
+        && !ds.is_custom()
+        && !ds.is_upgrade_req()
+        && !ds.was_upgraded()
+        && !session.cache.enabled()
+        && ds.get_retry_buffer().is_none()
+        && ds.is_body_empty()
+        && ds.is_body_done()
 }
 
 pub(crate) async fn send_body_to1(
