@@ -24,9 +24,7 @@
 
 use bytes::BufMut;
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
-use http::request::Builder as ReqBuilder;
 use http::request::Parts as ReqParts;
-use http::response::Builder as RespBuilder;
 use http::response::Parts as RespParts;
 use http::uri::Uri;
 use pingora_error::{ErrorType::*, OrErr, Result};
@@ -158,7 +156,8 @@ impl Deref for RequestHeader {
 
 impl RequestHeader {
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
+        // gatehouse patch: the default parts without the builder (see `clone_req_parts`).
+        let mut base = http::Request::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         RequestHeader {
             base,
@@ -515,7 +514,8 @@ impl ResponseHeader {
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = RespBuilder::new().body(()).unwrap().into_parts().0;
+        // gatehouse patch: the default parts without the builder (see `clone_req_parts`).
+        let mut base = http::Response::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         ResponseHeader {
             base,
@@ -787,28 +787,23 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
     })
 }
 
+// gatehouse patch: `Parts` has no `Clone`, and going through the request and response
+// builders (each step a `Result`, each field converted again) cost more than the header map
+// clone itself; default parts with every field assigned are the same value.
 fn clone_req_parts(me: &ReqParts) -> ReqParts {
-    let mut parts = ReqBuilder::new()
-        .method(me.method.clone())
-        .uri(me.uri.clone())
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = me.method.clone();
+    parts.uri = me.uri.clone();
+    parts.version = me.version;
     parts.headers = me.headers.clone();
     parts.extensions = me.extensions.clone();
     parts
 }
 
 fn clone_resp_parts(me: &RespParts) -> RespParts {
-    let mut parts = RespBuilder::new()
-        .status(me.status)
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = me.status;
+    parts.version = me.version;
     parts.headers = me.headers.clone();
     parts.extensions = me.extensions.clone();
     parts
