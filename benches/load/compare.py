@@ -129,7 +129,10 @@ http {{ access_log off; keepalive_requests 1000000; {zone}
     ssl_certificate {cert}; ssl_certificate_key {key};
     location / {{ {pol}
       proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }} }}
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host; proxy_set_header X-Request-Id $request_id;
+      add_header X-Request-Id $request_id always; }} }} }}
 """)
     return Proc("nginx-policy" if policy else "nginx", ["nginx", "-c", conf, "-p", d], port, tls)
 
@@ -150,6 +153,13 @@ defaults
 frontend fe
   bind 127.0.0.1:{port}
   bind 127.0.0.1:{tls} ssl crt {pem} alpn h2,http/1.1
+  unique-id-format %{{+X}}o%ci%cp%fi%fp%Ts%rt%pid
+  http-request set-header X-Request-Id %[unique-id]
+  http-request set-header X-Real-IP %[src]
+  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+  http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-after-response set-header X-Request-Id %[unique-id]
   default_backend be
 backend be
   http-reuse always
@@ -245,8 +255,8 @@ def measure(proc, fn):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 10)))
-    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 3)))
+    ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 6)))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 5)))
     ap.add_argument("--connections", type=int, default=32)
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="gatehouse-bench-")
@@ -293,12 +303,13 @@ def main():
         for p in list(procs.values()) + [backend]:
             p.stop()
     summary = summarize(results)
-    print_table(summary, a)
+    paired = paired_ratios(results)
+    print_table(summary, paired, a)
     out_dir = os.path.join(ROOT, "target/bench")
     os.makedirs(out_dir, exist_ok=True)
     doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration_s": a.duration,
            "rounds": a.rounds, "connections": a.connections, "cores": os.cpu_count(),
-           "summary": summary, "runs": results}
+           "summary": summary, "paired_ratios": paired, "runs": results}
     for f in ["load-latest.json", time.strftime("load-%Y%m%d-%H%M%S.json")]:
         json.dump(doc, open(os.path.join(out_dir, f), "w"), indent=2)
     print(f"\nJSON: {os.path.join(out_dir, 'load-latest.json')}")
@@ -322,7 +333,31 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def print_table(summary, a):
+def subject(per):
+    """The gatehouse entry a scenario's ratios are about."""
+    return "gatehouse-policy" if "gatehouse-policy" in per else "gatehouse"
+
+
+def paired_ratios(results):
+    """Per scenario, gatehouse against each other proxy: the median over rounds of the ratio
+    within each round. The proxies of a round run one after another, so a ratio taken within
+    a round cancels the machine's drift between rounds, which medians taken apart do not."""
+    out = {}
+    for s, per in results.items():
+        g = subject(per)
+        out[s] = {}
+        for other in ["nginx", "nginx-policy", "haproxy", "pingora-bare", "gatehouse-before", "gatehouse"]:
+            if other not in per or other == g:
+                continue
+            r = {}
+            for k in ["rps", "cpu_s_per_10k", "p99_ms", "mean_ms"]:
+                vals = [a[k] / b[k] for a, b in zip(per[g], per[other]) if a.get(k) and b.get(k)]
+                r[k] = statistics.median(vals) if vals else None
+            out[s][other] = r
+    return out
+
+
+def print_table(summary, paired, a):
     print(f"\nmedians of {a.rounds} rounds, {a.duration}s each, {a.connections} connections, 1 proxy thread\n")
     for s, per in summary.items():
         print(f"## {s}\n")
@@ -332,15 +367,14 @@ def print_table(summary, a):
             print(f"| {n} | {fmt(r['rps'], '.0f')} | {fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | "
                   f"{fmt(r['mean_ms'], '.2f')} | {fmt(r['cpu_s_per_10k'], '.3f')} | {fmt(r['peak_rss_mib'], '.1f')} | "
                   f"{fmt(r['idle_rss_mib'], '.1f')} | {r['errors']} |")
-        g = per.get("gatehouse-policy") or per.get("gatehouse")
-        gname = "gatehouse-policy" if "gatehouse-policy" in per else "gatehouse"
-        ratios = []
-        for other in ["nginx", "nginx-policy", "haproxy", "pingora-bare", "gatehouse"]:
-            o = per.get(other)
-            if o and other != gname and g["rps"] and o["rps"]:
-                ratios.append(f"{gname}/{other}: throughput {g['rps'] / o['rps']:.2f}x, "
-                              f"CPU per request {g['cpu_s_per_10k'] / o['cpu_s_per_10k']:.2f}x")
-        print("\n" + "\n".join(f"- {r}" for r in ratios) + "\n")
+        g = subject(per)
+        lines = []
+        for other, r in paired[s].items():
+            latency = ("p99", r["p99_ms"]) if r["p99_ms"] else ("mean latency", r["mean_ms"])
+            lines.append(f"{g}/{other}: throughput {fmt(r['rps'], '.2f')}x, CPU per request "
+                         f"{fmt(r['cpu_s_per_10k'], '.2f')}x, {latency[0]} {fmt(latency[1], '.2f')}x")
+        print("\nRatios, each the median over rounds of the ratio within a round:\n")
+        print("\n".join(f"- {r}" for r in lines) + "\n")
 
 
 if __name__ == "__main__":
