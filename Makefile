@@ -37,16 +37,16 @@ build: deps-build
 	$(CARGO) build
 
 ## make test: formatting, clippy (warnings denied), every conf/ example checked, the whole suite
-## (with the unit tests of the vendored, patched pingora-http)
+## (with the unit tests of the vendored, patched pingora-http and pingora-timeout)
 test: deps-test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) build --bins
 	@for f in conf/*.yaml; do ./target/debug/gatehouse check -c $$f >/dev/null || exit 1; echo "checked $$f"; done
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --no-fail-fast -p gatehouse -p pingora-http; \
+	  $(CARGO) nextest run --no-fail-fast -p gatehouse -p pingora-http -p pingora-timeout; \
 	else \
-	  $(CARGO) test --no-fail-fast -p gatehouse -p pingora-http; \
+	  $(CARGO) test --no-fail-fast -p gatehouse -p pingora-http -p pingora-timeout; \
 	fi
 
 BENCH_DEBS := $(BUILD_DEBS) nginx-light haproxy wrk nghttp2-client openssl python3
