@@ -952,3 +952,40 @@ async fn response_framings_pass_through_and_both_connections_are_kept() {
         "one backend connection for all eight"
     );
 }
+
+#[tokio::test]
+async fn an_http2_client_cancelling_while_the_backend_thinks_closes_the_backend_connection() {
+    let (origin, mut seen, mut closed) = silent_origin().await;
+    let https = free_port();
+    let _gh = Gatehouse::launch(write_config_listen(
+        &format!("  https: [\"127.0.0.1:{https}\"]\n"),
+        &format!(
+            "services:\n  s: {{ targets: [\"{origin}\"], retries: 0, timeouts: {{ read: 60s }} }}\n{}",
+            one_route("s")
+        ),
+        &[],
+    ))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .http2_prior_knowledge()
+        .resolve("x.test", ([127, 0, 0, 1], https).into())
+        .build()
+        .unwrap();
+    // The request is cancelled (RST_STREAM) once the backend has it; the HTTP/2 connection
+    // itself stays open, so only the stream's reset can end the exchange.
+    let request = tokio::spawn({
+        let h2 = h2.clone();
+        async move { h2.get(format!("https://x.test:{https}/slow")).send().await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .expect("the request reaches the backend")
+        .unwrap();
+    request.abort();
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("backend connection still open 10 s after the client cancelled")
+        .unwrap();
+}
