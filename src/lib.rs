@@ -42,6 +42,18 @@ pub struct RunOptions {
     pub daemon: bool,
 }
 
+/// A plain TCP listener without Pingora's read buffer. Pingora puts a 64 KiB `BufReader`
+/// under every accepted stream, allocated zeroed; on plain TCP every reader above it (HTTP/1
+/// into its own head and body buffers, the PROXY header reader, the stream proxy) reads in
+/// chunks of its own, so the buffer only cost zeroing 64 KiB of reused memory per connection
+/// (about 65,000 of the 146,000 instructions of a one-request connection) and a copy of every
+/// byte read. TLS listeners keep it: OpenSSL reads each record in two small reads, which it
+/// batches.
+fn plain_tcp(addr: &impl std::fmt::Display) -> pingora::listeners::ListenerConfig {
+    pingora::listeners::ListenerConfig::tcp(addr.to_string())
+        .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0))
+}
+
 fn whole_seconds(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
@@ -103,7 +115,7 @@ pub fn build_server(
             state: control.state.clone(),
         }));
     for addr in &listen_http {
-        http.add_tcp(&addr.to_string());
+        http.add_listener(plain_tcp(addr));
     }
     for addr in &listen_https {
         let settings = tls::listener_settings(control.certs.clone(), preset, true)
@@ -119,7 +131,7 @@ pub fn build_server(
                 .map_err(|e| format!("TLS stream listener {listen}: {e}"))?;
             svc.add_tls_with_settings(&listen.to_string(), None, settings);
         } else {
-            svc.add_tcp(&listen.to_string());
+            svc.add_listener(plain_tcp(&listen));
         }
         server.add_service(svc);
     }
@@ -128,7 +140,7 @@ pub fn build_server(
             "gatehouse admin".to_string(),
             admin::Admin::new(control.clone(), idle_upstream),
         );
-        admin.add_tcp(&addr.to_string());
+        admin.add_listener(plain_tcp(&addr));
         server.add_service(admin);
     }
     let phases = std::sync::Mutex::new(Some(server.watch_execution_phase()));
