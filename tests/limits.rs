@@ -396,13 +396,7 @@ async fn http2_rapid_reset_and_continuation_floods_are_cut_off() {
     // Gatehouse is alive and serves everyone else, over HTTP/1.1 and HTTP/2.
     let (status, _) = get_host(&client(), &gh.url("/"), "x.test").await;
     assert_eq!(status, 200);
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .danger_accept_invalid_certs(true)
-        .http2_prior_knowledge()
-        .resolve("x.test", ([127, 0, 0, 1], https).into())
-        .build()
-        .unwrap();
+    let h2 = h2_client("x.test", https);
     let r = h2
         .get(format!("https://x.test:{https}/"))
         .send()

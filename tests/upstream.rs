@@ -966,13 +966,7 @@ async fn an_http2_client_cancelling_while_the_backend_thinks_closes_the_backend_
         &[],
     ))
     .await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .danger_accept_invalid_certs(true)
-        .http2_prior_knowledge()
-        .resolve("x.test", ([127, 0, 0, 1], https).into())
-        .build()
-        .unwrap();
+    let h2 = h2_client("x.test", https);
     // The request is cancelled (RST_STREAM) once the backend has it; the HTTP/2 connection
     // itself stays open, so only the stream's reset can end the exchange.
     let request = tokio::spawn({

@@ -533,6 +533,18 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// An HTTP/2-only client for gatehouse's HTTPS listener on `port` (self-signed fallback
+/// certificate not verified), with `host` resolved to it.
+pub fn h2_client(host: &str, port: u16) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .http2_prior_knowledge()
+        .resolve(host, ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap()
+}
+
 /// GET `url` with extra request headers; a name given twice is sent as two lines.
 pub async fn get_with(
     c: &reqwest::Client,
