@@ -36,6 +36,8 @@ run: deps-build
 build: deps-build
 	$(CARGO) build
 
+TEST_PACKAGES := -p gatehouse -p pingora-http -p pingora-timeout
+
 ## make test: formatting, clippy (warnings denied), every conf/ example checked, the whole suite
 ## (with the unit tests of the vendored, patched pingora-http and pingora-timeout)
 test: deps-test
@@ -44,9 +46,9 @@ test: deps-test
 	$(CARGO) build --bins
 	@for f in conf/*.yaml; do ./target/debug/gatehouse check -c $$f >/dev/null || exit 1; echo "checked $$f"; done
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --no-fail-fast -p gatehouse -p pingora-http -p pingora-timeout; \
+	  $(CARGO) nextest run --no-fail-fast $(TEST_PACKAGES); \
 	else \
-	  $(CARGO) test --no-fail-fast -p gatehouse -p pingora-http -p pingora-timeout; \
+	  $(CARGO) test --no-fail-fast $(TEST_PACKAGES); \
 	fi
 
 BENCH_DEBS := $(BUILD_DEBS) nginx-light haproxy wrk nghttp2-client openssl python3
