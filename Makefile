@@ -10,7 +10,7 @@ TEST_DEBS := $(BUILD_DEBS) curl pebble
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test build deps-build deps-test bench load instructions
+.PHONY: run test build deps-build deps-test bench load instructions release
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -53,24 +53,51 @@ test: deps-test
 
 BENCH_DEBS := $(BUILD_DEBS) nginx-light haproxy wrk nghttp2-client openssl python3
 
-## make bench: criterion micro-benchmarks, then the load comparison against nginx and HAProxy
-bench:
+## make release: the profile-guided build for production, target/pgo/gatehouse. An instrumented
+## build is driven through benches/load/train.py (HTTP/1.1, HTTP/2, TLS, policies, a stream),
+## then built again with what it counted. Needs rustup's llvm-tools (llvm-profdata), added here.
+PGO := $(CURDIR)/target/pgo
+HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+LLVM_PROFDATA = $(shell rustc --print sysroot)/lib/rustlib/$(HOST)/bin/llvm-profdata
+release:
 	$(call apt_install,$(BENCH_DEBS))
+	@[ -x "$(LLVM_PROFDATA)" ] || rustup component add llvm-tools
+	@# --target: the profile flags reach gatehouse and its dependencies, not build scripts.
+	RUSTFLAGS="-Cprofile-generate=$(PGO)/raw" $(CARGO) build --release --bin gatehouse \
+	  --target $(HOST) --target-dir $(PGO)/instrumented
+	@# Trained again only when the instrumented build changed.
+	@if [ ! -f $(PGO)/gatehouse.profdata ] || \
+	    [ $(PGO)/instrumented/$(HOST)/release/gatehouse -nt $(PGO)/gatehouse.profdata ]; then \
+	  rm -rf $(PGO)/raw && \
+	  python3 benches/load/train.py $(PGO)/instrumented/$(HOST)/release/gatehouse && \
+	  $(LLVM_PROFDATA) merge -o $(PGO)/gatehouse.profdata $(PGO)/raw; \
+	fi
+	RUSTFLAGS="-Cprofile-use=$(PGO)/gatehouse.profdata" $(CARGO) build --release --bin gatehouse \
+	  --target $(HOST) --target-dir $(PGO)/optimized
+	cp $(PGO)/optimized/$(HOST)/release/gatehouse $(PGO)/gatehouse
+	@echo "built $(PGO)/gatehouse"
+
+# The load comparison measures the profile-guided build (what `make release` ships) as
+# "gatehouse" and the plain release build as "gatehouse-no-pgo".
+LOAD_ENV := GATEHOUSE_BIN=$(PGO)/gatehouse BENCH_NO_PGO=$(CURDIR)/target/release/gatehouse
+
+## make bench: criterion micro-benchmarks, then the load comparison against nginx and HAProxy
+bench: release
 	$(CARGO) bench --bench routing --bench policy
 	$(CARGO) build --release --bin gatehouse
 	$(CARGO) build --release --example bare_proxy
-	python3 benches/load/compare.py
+	$(LOAD_ENV) python3 benches/load/compare.py
 
-## make instructions: user-space instructions per request under callgrind (deterministic A/B;
-## pass builds as ARGS="old=/path/to/gatehouse new=target/release/gatehouse")
+## make instructions: user-space instructions per request under callgrind (deterministic A/B of
+## code changes, on plain release builds; pass builds as
+## ARGS="old=/path/to/gatehouse new=target/release/gatehouse")
 instructions:
 	$(call apt_install,$(BENCH_DEBS) valgrind)
 	$(CARGO) build --release --bin gatehouse
 	python3 benches/load/instructions.py $(ARGS)
 
 ## make load: only the load comparison (BENCH_DURATION, BENCH_ROUNDS to change its length)
-load:
-	$(call apt_install,$(BENCH_DEBS))
+load: release
 	$(CARGO) build --release --bin gatehouse
 	$(CARGO) build --release --example bare_proxy
-	python3 benches/load/compare.py
+	$(LOAD_ENV) python3 benches/load/compare.py

@@ -11,7 +11,8 @@ builds the release binaries first.
 import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GATEHOUSE = os.path.join(ROOT, "target/release/gatehouse")
+# The build measured as "gatehouse": `make load` passes the profile-guided one (`make release`).
+GATEHOUSE = os.environ.get("GATEHOUSE_BIN") or os.path.join(ROOT, "target/release/gatehouse")
 BARE = os.path.join(ROOT, "target/release/examples/bare_proxy")
 TICK = os.sysconf("SC_CLK_TCK")
 BODY = "hello from the backend\n"
@@ -271,13 +272,13 @@ def main():
         "haproxy": haproxy(d, backend.port, pem),
     }
     # A/B against an older build: BENCH_BASELINE=/path/to/old/gatehouse adds "gatehouse-before"
-    # to the plain scenarios (the policy scenario too, with its configuration).
-    baseline = os.environ.get("BENCH_BASELINE")
+    # to the keep-alive, new-connection and TLS scenarios; BENCH_NO_PGO=/path/to/gatehouse (a
+    # build without profile guidance, as `make load` passes) adds "gatehouse-no-pgo" the same way.
     extra = []
-    if baseline:
-        procs["gatehouse-before"] = gatehouse(d, backend.port, cert, key, binary=baseline,
-                                              name="gatehouse-before")
-        extra = ["gatehouse-before"]
+    for name, var in [("gatehouse-before", "BENCH_BASELINE"), ("gatehouse-no-pgo", "BENCH_NO_PGO")]:
+        if os.environ.get(var):
+            procs[name] = gatehouse(d, backend.port, cert, key, binary=os.environ[var], name=name)
+            extra.append(name)
     path = "/api/v1/items/42"
     scenarios = {
         "plain keep-alive (wrk)": (["gatehouse", *extra, "pingora-bare", "nginx", "haproxy"],
@@ -346,7 +347,8 @@ def paired_ratios(results):
     for s, per in results.items():
         g = subject(per)
         out[s] = {}
-        for other in ["nginx", "nginx-policy", "haproxy", "pingora-bare", "gatehouse-before", "gatehouse"]:
+        for other in ["nginx", "nginx-policy", "haproxy", "pingora-bare", "gatehouse-before",
+                      "gatehouse-no-pgo", "gatehouse"]:
             if other not in per or other == g:
                 continue
             r = {}
