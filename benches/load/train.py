@@ -30,7 +30,7 @@ def run(argv):
         raise SystemExit(f"training step failed: {' '.join(argv)}\n{r.stdout}{r.stderr}")
 
 
-def add_stream(conf, backend):
+def add_stream(conf):
     """A TCP stream listener in front of the backend, added to a `compare.gatehouse` config."""
     port = c.free_port()
     with open(conf, "a") as f:
@@ -53,7 +53,7 @@ def main():
             probe = c.gatehouse(d, backend.port, cert, key, policy=policy, binary=binary)
             probe.stop()
             conf = probe.p.args[-1]
-            stream = add_stream(conf, backend.port)
+            stream = add_stream(conf)
             g = c.Proc(probe.name, probe.p.args, probe.port, probe.tls_port)
             c.wait_port(stream)
             http = f"http://127.0.0.1:{g.port}{PATH}"

@@ -162,7 +162,10 @@ where
 
 /// Similar to [tokio::time::sleep] but more efficient.
 pub async fn fast_sleep(duration: Duration) {
-    FastTimeout(duration).timeout().await
+    // gatehouse patch: one clock read for the check and the registration.
+    let now = Instant::now();
+    check_clock_thread_at(&TIMER_MANAGER, now);
+    TIMER_MANAGER.register_timer_at(now, duration).poll().await
 }
 
 /// Pause the timer for fork()
