@@ -5,13 +5,14 @@ h2load (HTTP/2 over TLS). Runs every proxy once per round, in alternating order,
 rounds so machine drift cancels out; prints medians and ratios; writes JSON to target/bench/.
 
 Usage: benches/load/compare.py [--duration 10] [--rounds 3] [--connections 32]
-Run through `make bench`, which installs nginx-light, haproxy, wrk and nghttp2-client and
-builds the release binaries first.
+Run through `make load` or `make bench`, which install nginx-light, haproxy, wrk and
+nghttp2-client and build the binaries first. The build measured as "gatehouse" is
+GATEHOUSE_BIN (the profile-guided build of `make release`, as `make load` passes it; else
+target/release/gatehouse).
 """
 import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The build measured as "gatehouse": `make load` passes the profile-guided one (`make release`).
 GATEHOUSE = os.environ.get("GATEHOUSE_BIN") or os.path.join(ROOT, "target/release/gatehouse")
 BARE = os.path.join(ROOT, "target/release/examples/bare_proxy")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -169,7 +170,8 @@ backend be
     return Proc("haproxy", ["haproxy", "-db", "-f", conf], port, tls)
 
 
-def gatehouse(d, backend, cert, key, policy=False, binary=GATEHOUSE, name=None):
+def gatehouse(d, backend, cert, key, policy=False, binary=GATEHOUSE, name=None, extra=""):
+    """gatehouse in front of `backend`; `extra` is appended to its configuration."""
     port, tls = free_port(), free_port()
     name = name or ("gatehouse-policy" if policy else "gatehouse")
     routes = ""
@@ -205,7 +207,7 @@ services: {{ be: {{ targets: ["127.0.0.1:{backend}"] }} }}
 ingresses:
   - name: bench
     rules:
-{routes}{last}""")
+{routes}{last}{extra}""")
     return Proc(name, [binary, "run", "-c", conf], port, tls)
 
 

@@ -30,16 +30,13 @@ def run(argv):
         raise SystemExit(f"training step failed: {' '.join(argv)}\n{r.stdout}{r.stderr}")
 
 
-def add_stream(conf):
-    """A TCP stream listener in front of the backend, added to a `compare.gatehouse` config."""
-    port = c.free_port()
-    with open(conf, "a") as f:
-        f.write(f"""streams:
+def stream_listener(port):
+    """Configuration for a TCP stream listener on `port` in front of the backend."""
+    return f"""streams:
   - name: train
     listen: "127.0.0.1:{port}"
     service: be
-""")
-    return port
+"""
 
 
 def main():
@@ -49,12 +46,9 @@ def main():
     backend = c.nginx_backend(d)
     try:
         for policy in (False, True):
-            # Start once to write the configuration, then again with a stream listener added.
-            probe = c.gatehouse(d, backend.port, cert, key, policy=policy, binary=binary)
-            probe.stop()
-            conf = probe.p.args[-1]
-            stream = add_stream(conf)
-            g = c.Proc(probe.name, probe.p.args, probe.port, probe.tls_port)
+            stream = c.free_port()
+            g = c.gatehouse(d, backend.port, cert, key, policy=policy, binary=binary,
+                            extra=stream_listener(stream))
             c.wait_port(stream)
             http = f"http://127.0.0.1:{g.port}{PATH}"
             https = f"https://127.0.0.1:{g.tls_port}{PATH}"
