@@ -59,6 +59,7 @@ BENCH_DEBS := $(BUILD_DEBS) nginx-light haproxy wrk nghttp2-client openssl pytho
 PGO := $(CURDIR)/target/pgo
 HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 LLVM_PROFDATA = $(shell rustc --print sysroot)/lib/rustlib/$(HOST)/bin/llvm-profdata
+INSTRUMENTED = $(PGO)/instrumented/$(HOST)/release/gatehouse
 release:
 	$(call apt_install,$(BENCH_DEBS))
 	@[ -x "$(LLVM_PROFDATA)" ] || rustup component add llvm-tools
@@ -67,9 +68,9 @@ release:
 	  --target $(HOST) --target-dir $(PGO)/instrumented
 	@# Trained again only when the instrumented build changed.
 	@if [ ! -f $(PGO)/gatehouse.profdata ] || \
-	    [ $(PGO)/instrumented/$(HOST)/release/gatehouse -nt $(PGO)/gatehouse.profdata ]; then \
+	    [ $(INSTRUMENTED) -nt $(PGO)/gatehouse.profdata ]; then \
 	  rm -rf $(PGO)/raw && \
-	  python3 benches/load/train.py $(PGO)/instrumented/$(HOST)/release/gatehouse && \
+	  python3 benches/load/train.py $(INSTRUMENTED) && \
 	  $(LLVM_PROFDATA) merge -o $(PGO)/gatehouse.profdata $(PGO)/raw; \
 	fi
 	RUSTFLAGS="-Cprofile-use=$(PGO)/gatehouse.profdata" $(CARGO) build --release --bin gatehouse \
@@ -84,9 +85,7 @@ LOAD_ENV := GATEHOUSE_BIN=$(PGO)/gatehouse BENCH_NO_PGO=$(CURDIR)/target/release
 ## make bench: criterion micro-benchmarks, then the load comparison against nginx and HAProxy
 bench: release
 	$(CARGO) bench --bench routing --bench policy
-	$(CARGO) build --release --bin gatehouse
-	$(CARGO) build --release --example bare_proxy
-	$(LOAD_ENV) python3 benches/load/compare.py
+	$(MAKE) --no-print-directory load
 
 ## make instructions: user-space instructions per request under callgrind (deterministic A/B of
 ## code changes, on plain release builds; pass builds as
