@@ -203,7 +203,12 @@ impl HttpSession {
 
     // Validate the response header read. This function must be called after the response header
     // read.
-    fn validate_response(&self) -> Result<()> {
+    // gatehouse patch: told whether the Content-Length is what frames the response (it has
+    // one and no Transfer-Encoding); there is nothing to validate otherwise.
+    fn validate_response(&self, content_length_frames: bool) -> Result<()> {
+        if !content_length_frames {
+            return Ok(());
+        }
         let resp_header = self
             .response_header
             .as_ref()
@@ -215,7 +220,7 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
+        if let Err(e) = content_length_for_framing(&resp_header.headers) {
             if self.allow_h1_response_invalid_content_length
                 && super::common::content_length_is_single_token(&resp_header.headers)
             {
@@ -320,11 +325,10 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
+                        // gatehouse patch: both looked for in one walk, and handed to
+                        // the validation below.
+                        let (contains_transfer_encoding, contains_content_length) =
+                            framing_fields(&response_header.headers);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
@@ -337,7 +341,9 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
-                        if let Err(e) = self.validate_response() {
+                        if let Err(e) = self.validate_response(
+                            !contains_transfer_encoding && contains_content_length,
+                        ) {
                             return self.fail_response_header_read(e);
                         }
                         // convert to upgrade body type
@@ -623,7 +629,9 @@ impl HttpSession {
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
+        // gatehouse patch: a parsed name; a string was parsed (and lower-cased) every time.
+        const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
+        let Some(keep_alive_header) = self.get_header(KEEP_ALIVE) else {
             return (None, None);
         };
 

@@ -17,7 +17,9 @@
 use bstr::ByteSlice;
 use bytes::Bytes;
 use bytes::{BufMut, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
+#[cfg(test)]
+use http::header::TRANSFER_ENCODING;
 use http::HeaderValue;
 use http::{header, header::AsHeaderName, Method, Version};
 use log::{debug, trace, warn};
@@ -396,10 +398,10 @@ impl HttpSession {
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
-                        let contains_transfer_encoding =
-                            request_header.headers.contains_key(TRANSFER_ENCODING);
-                        let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
+                        // gatehouse patch: both looked for in one walk, and handed to
+                        // the validation below.
+                        let (contains_transfer_encoding, contains_content_length) =
+                            framing_fields(&request_header.headers);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
@@ -426,7 +428,10 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        self.validate_request_framing(
+                            contains_transfer_encoding,
+                            contains_content_length && !has_both_te_and_cl,
+                        )?;
 
                         return Ok(Some(s));
                     }
@@ -482,6 +487,17 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        let (te, cl) = framing_fields(&self.req_header().headers);
+        self.validate_request_framing(te, cl)
+    }
+
+    /// gatehouse patch: [`Self::validate_request()`] told whether the request has
+    /// `Transfer-Encoding` and `Content-Length` fields.
+    fn validate_request_framing(
+        &self,
+        has_transfer_encoding: bool,
+        has_content_length: bool,
+    ) -> Result<()> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -491,9 +507,11 @@ impl HttpSession {
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
+        if !has_transfer_encoding && has_content_length {
+            content_length_for_framing(&req_header.headers)?;
+        }
 
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if has_transfer_encoding {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
