@@ -983,3 +983,79 @@ async fn an_http2_client_cancelling_while_the_backend_thinks_closes_the_backend_
         .expect("backend connection still open 10 s after the client cancelled")
         .unwrap();
 }
+
+/// A backend that answers each request with the head its path names (every answer's body is
+/// `hello`, framed as the head says), counting the requests it got.
+async fn canned_heads_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .to_string();
+                let framing = match line.split(' ').nth(1).unwrap_or("") {
+                    "/list" => "Content-Length: 5, 5\r\n",
+                    "/twice" => "Content-Length: 5\r\nContent-Length: 5\r\n",
+                    "/te-and-cl" => "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+                    "/conflict" => "Content-Length: 5\r\nContent-Length: 6\r\n",
+                    "/conflict-list" => "Content-Length: 5, 6\r\n",
+                    "/not-a-number" => "Content-Length: 5x\r\n",
+                    _ => "Content-Length: 5\r\n",
+                };
+                let body = if framing.starts_with("Transfer-Encoding") {
+                    "5\r\nhello\r\n0\r\n\r\n"
+                } else {
+                    "hello"
+                };
+                let reply = format!("HTTP/1.1 200 OK\r\n{framing}Connection: close\r\n\r\n{body}");
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn backend_content_length_is_reconciled_or_the_answer_refused() {
+    let (origin, hits) = canned_heads_origin().await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{origin}\"], retries: 0 }}\n{}",
+        one_route("s")
+    ))
+    .await;
+    let c = client();
+    // Identical values, in a list or on two lines, frame the body; Transfer-Encoding wins over
+    // a Content-Length next to it (RFC 9112 6.3).
+    for path in ["/plain", "/list", "/twice", "/te-and-cl"] {
+        let (status, body) = get_host(&c, &gh.url(path), "x.test").await;
+        assert_eq!((status, body.as_str()), (200, "hello"), "{path}");
+    }
+    // Values that disagree or do not parse make the framing ambiguous: never passed on.
+    for path in ["/conflict", "/conflict-list", "/not-a-number"] {
+        let before = hits.load(Ordering::SeqCst);
+        let (status, body) = get_host(&c, &gh.url(path), "x.test").await;
+        assert_eq!(status, 502, "{path}: {body}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            before + 1,
+            "{path}: tried once"
+        );
+    }
+}
