@@ -181,9 +181,12 @@ async fn smuggling_probes_are_refused_and_never_reach_the_origin() {
         o.addr
     ))
     .await;
-    let probes: [(&str, &[u8]); 8] = [
+    let probes: [(&str, &[u8]); 10] = [
         ("CL and TE", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         ("duplicate CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        // Refused even when the values agree (Pingora would pass them on as they came).
+        ("repeated CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+        ("CL list", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello"),
         ("obfuscated TE", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
         ("space before colon", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
         ("bare LF", b"GET / HTTP/1.1\nHost: a\n\n"),

@@ -135,9 +135,11 @@ pub async fn run(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
 }
 
 /// Request smuggling guards Pingora leaves to us: both Content-Length and Transfer-Encoding
-/// (RFC 9112 lets a proxy reject it, and gatehouse does), and header lines ended by a bare LF
-/// (which a backend might split differently). Pingora itself refuses duplicate or invalid
-/// Content-Length, unknown transfer codings and malformed chunks.
+/// (RFC 9112 lets a proxy reject it, and gatehouse does), more than one Content-Length value
+/// (Pingora reconciles equal ones and passes the field on as it came, which a backend may
+/// refuse or read otherwise), and header lines ended by a bare LF (which a backend might split
+/// differently). Pingora itself refuses differing or invalid Content-Length, unknown transfer
+/// codings and malformed chunks.
 fn ambiguous_framing(session: &Session) -> bool {
     // Read the bytes as received: Pingora already dropped Content-Length from the parsed
     // headers when Transfer-Encoding is present.
@@ -145,8 +147,9 @@ fn ambiguous_framing(session: &Session) -> bool {
         return false;
     };
     let raw = h1.get_headers_raw_bytes();
-    // One pass over the lines: any not ended by CRLF, and whether both framings are present.
-    let (mut cl, mut te) = (false, false);
+    // One pass over the lines: any not ended by CRLF, how many Content-Length values there
+    // are, and whether Transfer-Encoding is there too.
+    let (mut cl, mut te) = (0, false);
     let mut start = 0;
     for (i, &b) in raw.iter().enumerate() {
         if b != b'\n' {
@@ -158,11 +161,14 @@ fn ambiguous_framing(session: &Session) -> bool {
         let line = &raw[start..i];
         let starts =
             |name: &[u8]| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name);
-        cl |= starts(b"content-length:");
+        if starts(b"content-length:") {
+            // A list counts as several values, even when they agree (as nginx: one value).
+            cl += 1 + line.iter().filter(|&&c| c == b',').count();
+        }
         te |= starts(b"transfer-encoding:");
         start = i + 1;
     }
-    cl && te
+    cl > 1 || (cl == 1 && te)
 }
 
 /// The client IP (trusted proxies only) and the request id.
