@@ -53,6 +53,9 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
+    // gatehouse patch: what is kept of a response header handed over by
+    // `read_response_task` (see `KeptResponse`).
+    kept_response: Option<KeptResponse>,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
@@ -68,6 +71,21 @@ pub struct HttpSession {
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
 }
+
+/// gatehouse patch: what the session still needs of a final response header once
+/// `read_response_task` has handed the header itself over (it was cloned for the caller,
+/// and the session's copy read only for these): the status and version, and the fields the
+/// keep-alive decision reads.
+#[derive(Debug)]
+struct KeptResponse {
+    status: StatusCode,
+    version: Version,
+    connection: Option<HeaderValue>,
+    keep_alive: Option<HeaderValue>,
+    transfer_encoding: bool,
+}
+
+const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
 
 /// HTTP 1.x client session
 impl HttpSession {
@@ -90,6 +108,7 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
+            kept_response: None,
             request_written: None,
             read_timeout: None,
             write_timeout: None,
@@ -341,6 +360,7 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
+                        self.kept_response = None;
                         if let Err(e) = self.validate_response(
                             !contains_transfer_encoding && contains_content_length,
                         ) {
@@ -447,9 +467,51 @@ impl HttpSession {
         Ok(Box::new(self.resp_header().unwrap().clone()))
     }
 
+    /// gatehouse patch: the response header just read, handed over rather than cloned when
+    /// the body reader is set up for it (a final response); the session keeps what it still
+    /// reads (`KeptResponse`). An informational header is cloned, as before.
+    fn take_resp_header(&mut self) -> Box<ResponseHeader> {
+        if self.body_reader.need_init() {
+            return Box::new(self.resp_header().expect("just read").clone());
+        }
+        let header = self.response_header.take().expect("just read");
+        let (mut connection, mut keep_alive, mut transfer_encoding) = (None, None, false);
+        // One walk over the fields, no hashing.
+        for (name, value) in header.headers.iter() {
+            if name == header::CONNECTION {
+                connection.get_or_insert_with(|| value.clone());
+            } else if name == KEEP_ALIVE {
+                keep_alive.get_or_insert_with(|| value.clone());
+            } else if name == header::TRANSFER_ENCODING {
+                transfer_encoding = true;
+            }
+        }
+        self.kept_response = Some(KeptResponse {
+            status: header.status,
+            version: header.version,
+            connection,
+            keep_alive,
+            transfer_encoding,
+        });
+        header
+    }
+
     /// Return a reference of the [`ResponseHeader`] if the response is read
+    ///
+    /// gatehouse patch: `None` once [`Self::read_response_task()`] has handed a final
+    /// response header over (and so [`Self::get_header()`]); [`Self::get_status()`] still
+    /// answers.
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
+    }
+
+    // gatehouse patch: the version of the response read, handed over or not.
+    fn resp_version(&self) -> Option<Version> {
+        match (&self.response_header, &self.kept_response) {
+            (Some(h), _) => Some(h.version),
+            (None, Some(k)) => Some(k.version),
+            (None, None) => None,
+        }
     }
 
     /// Get the header value for the given header name from the response header
@@ -462,6 +524,17 @@ impl HttpSession {
             .and_then(|h| h.headers.get(name))
     }
 
+    // gatehouse patch: a field of the response read, also once its header was handed over
+    // (then only `Connection` and `Keep-Alive` are kept).
+    fn resp_field(&self, name: &header::HeaderName) -> Option<&HeaderValue> {
+        match (&self.response_header, &self.kept_response) {
+            (Some(h), _) => h.headers.get(name),
+            (None, Some(k)) if name == header::CONNECTION => k.connection.as_ref(),
+            (None, Some(k)) if name == KEEP_ALIVE => k.keep_alive.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Get the request header as raw bytes, `b""` when the header doesn't exist or response not read
     pub fn get_header_bytes(&self, name: impl AsHeaderName) -> &[u8] {
         self.get_header(name).map_or(b"", |v| v.as_bytes())
@@ -469,7 +542,11 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        match (&self.response_header, &self.kept_response) {
+            (Some(h), _) => Some(h.status),
+            (None, Some(k)) => Some(k.status),
+            (None, None) => None,
+        }
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -579,11 +656,12 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
+        if self.resp_version() == Some(Version::HTTP_10)
+            && match (&self.response_header, &self.kept_response) {
+                (Some(h), _) => h.headers.contains_key(header::TRANSFER_ENCODING),
+                (None, Some(k)) => k.transfer_encoding,
+                (None, None) => false,
+            }
         {
             self.set_keepalive(None);
             return;
@@ -599,7 +677,7 @@ impl HttpSession {
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
+        } else if self.resp_version() == Some(Version::HTTP_11) {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -620,7 +698,7 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            _ => is_buf_keepalive(self.resp_field(&header::CONNECTION)),
         }
     }
 
@@ -630,8 +708,7 @@ impl HttpSession {
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
         // gatehouse patch: a parsed name; a string was parsed (and lower-cased) every time.
-        const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
-        let Some(keep_alive_header) = self.get_header(KEEP_ALIVE) else {
+        let Some(keep_alive_header) = self.resp_field(&KEEP_ALIVE) else {
             return (None, None);
         };
 
@@ -818,7 +895,9 @@ impl HttpSession {
 
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
         if self.should_read_resp_header() {
-            let resp_header = self.read_resp_header_parts().await?;
+            // gatehouse patch: handed over, not cloned.
+            self.read_response().await?;
+            let resp_header = self.take_resp_header();
             let end_of_body = self.is_body_done();
             debug!("Response header: {resp_header:?}");
             trace!(
