@@ -1059,3 +1059,94 @@ async fn backend_content_length_is_reconciled_or_the_answer_refused() {
         );
     }
 }
+
+/// An origin that serves any number of requests on a connection, never closes one itself,
+/// and answers each with the number of its connection and the head its path names: `/close`
+/// says `Connection: close`, `/http10` answers as HTTP/1.0, `/http10-keepalive` as HTTP/1.0
+/// with `Connection: keep-alive`, anything else as plain HTTP/1.1.
+async fn keepalive_signals_origin() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = conns.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                    if !head.ends_with(b"\r\n\r\n") {
+                        continue;
+                    }
+                    let line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .to_string();
+                    head.clear();
+                    let status = match line.split(' ').nth(1).unwrap_or("") {
+                        "/close" => "HTTP/1.1 200 OK\r\nConnection: close",
+                        "/http10" => "HTTP/1.0 200 OK",
+                        "/http10-keepalive" => "HTTP/1.0 200 OK\r\nConnection: keep-alive",
+                        _ => "HTTP/1.1 200 OK",
+                    };
+                    let body = format!("connection {n}");
+                    let reply = format!("{status}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_connection_is_kept_only_when_the_backend_allows_it() {
+    let origin = keepalive_signals_origin().await;
+    let gh = Gatehouse::start(&format!(
+        "services:\n  s: {{ targets: [\"{origin}\"] }}\n{}",
+        one_route("s")
+    ))
+    .await;
+    let c = client();
+    let mut conn = |path: &'static str| {
+        let (c, url) = (c.clone(), gh.url(path));
+        async move {
+            let (status, body) = get_host(&c, &url, "x.test").await;
+            assert_eq!(status, 200, "{path}: {body}");
+            body.trim_start_matches("connection ")
+                .parse::<usize>()
+                .unwrap()
+        }
+    };
+    // Requests one after another: each goes on the idle connection the one before left, if
+    // it left one. The origin closes none, so only gatehouse's decision shows.
+    let first = conn("/").await;
+    assert_eq!(
+        conn("/").await,
+        first,
+        "an HTTP/1.1 answer keeps the connection"
+    );
+    assert_eq!(conn("/close").await, first);
+    let second = conn("/").await;
+    assert_ne!(second, first, "`Connection: close` was not respected");
+    assert_eq!(conn("/http10").await, second);
+    let third = conn("/").await;
+    assert_ne!(
+        third, second,
+        "an HTTP/1.0 answer without keep-alive was kept"
+    );
+    assert_eq!(conn("/http10-keepalive").await, third);
+    assert_eq!(
+        conn("/").await,
+        third,
+        "HTTP/1.0 with `Connection: keep-alive` was not kept"
+    );
+}
