@@ -351,7 +351,17 @@ fn content_length_reconcile(headers: &HMap) -> ContentLength {
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
+    // Whether `n` is the value seen before, if any (the first one is kept).
+    let mut agrees = |n: u64| *content_length.get_or_insert(n) == n;
     for value in headers.get_all(header::CONTENT_LENGTH) {
+        // gatehouse patch: a value of digits alone (almost every one) is the number, as the
+        // general path below would find; only a list or padding takes that path.
+        if let Some(n) = from_digits(value.as_bytes()) {
+            if !agrees(n) {
+                return ContentLength::Invalid;
+            }
+            continue;
+        }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let Ok(line) = value.to_str() else {
@@ -363,10 +373,8 @@ fn content_length_reconcile(headers: &HMap) -> ContentLength {
             let Some(n) = from_digits(v.trim().as_bytes()) else {
                 return ContentLength::Invalid;
             };
-            match content_length {
-                None => content_length = Some(n),
-                Some(prev) if prev != n => return ContentLength::Invalid,
-                Some(_) => {}
+            if !agrees(n) {
+                return ContentLength::Invalid;
             }
         }
     }
