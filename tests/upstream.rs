@@ -842,8 +842,23 @@ async fn a_client_leaving_while_the_backend_thinks_closes_the_backend_connection
 /// A keep-alive origin answering by path with the framings a proxy must pass on unchanged:
 /// `/chunked` (three chunks written apart), `/big` (1 MiB), `/304`, and any HEAD (a length
 /// but no body). Counts its connections.
+/// The request line of the next bodiless request on `s`, `None` once the peer is gone.
+async fn next_request_line(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => head.extend_from_slice(&buf[..k]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    Some(head.lines().next().unwrap_or("").to_string())
+}
+
 async fn framing_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
@@ -852,22 +867,7 @@ async fn framing_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut s, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => head.extend_from_slice(&buf[..k]),
-                    }
-                    if !head.ends_with(b"\r\n\r\n") {
-                        continue;
-                    }
-                    let line = String::from_utf8_lossy(&head)
-                        .lines()
-                        .next()
-                        .unwrap()
-                        .to_string();
-                    head.clear();
+                while let Some(line) = next_request_line(&mut s).await {
                     let ok = if line.starts_with("HEAD ") {
                         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
                             .await
@@ -987,7 +987,7 @@ async fn an_http2_client_cancelling_while_the_backend_thinks_closes_the_backend_
 /// A backend that answers each request with the head its path names (every answer's body is
 /// `hello`, framed as the head says), counting the requests it got.
 async fn canned_heads_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
@@ -996,20 +996,10 @@ async fn canned_heads_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut s, _)) = listener.accept().await {
             let counted = counted.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => head.extend_from_slice(&buf[..k]),
-                    }
-                }
+                let Some(line) = next_request_line(&mut s).await else {
+                    return;
+                };
                 counted.fetch_add(1, Ordering::SeqCst);
-                let line = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap()
-                    .to_string();
                 let framing = match line.split(' ').nth(1).unwrap_or("") {
                     "/list" => "Content-Length: 5, 5\r\n",
                     "/twice" => "Content-Length: 5\r\nContent-Length: 5\r\n",
@@ -1065,7 +1055,7 @@ async fn backend_content_length_is_reconciled_or_the_answer_refused() {
 /// says `Connection: close`, `/http10` answers as HTTP/1.0, `/http10-keepalive` as HTTP/1.0
 /// with `Connection: keep-alive`, anything else as plain HTTP/1.1.
 async fn keepalive_signals_origin() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
@@ -1073,22 +1063,7 @@ async fn keepalive_signals_origin() -> std::net::SocketAddr {
         while let Ok((mut s, _)) = listener.accept().await {
             let n = conns.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => head.extend_from_slice(&buf[..k]),
-                    }
-                    if !head.ends_with(b"\r\n\r\n") {
-                        continue;
-                    }
-                    let line = String::from_utf8_lossy(&head)
-                        .lines()
-                        .next()
-                        .unwrap()
-                        .to_string();
-                    head.clear();
+                while let Some(line) = next_request_line(&mut s).await {
                     let status = match line.split(' ').nth(1).unwrap_or("") {
                         "/close" => "HTTP/1.1 200 OK\r\nConnection: close",
                         "/http10" => "HTTP/1.0 200 OK",
