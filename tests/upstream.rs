@@ -1091,7 +1091,7 @@ async fn a_backend_connection_is_kept_only_when_the_backend_allows_it() {
     ))
     .await;
     let c = client();
-    let mut conn = |path: &'static str| {
+    let conn = |path: &'static str| {
         let (c, url) = (c.clone(), gh.url(path));
         async move {
             let (status, body) = get_host(&c, &url, "x.test").await;
