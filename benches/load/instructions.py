@@ -35,7 +35,7 @@ PATH = "/api/v1/items/42"
 def count(d, backend, cert, key, binary, name, policy):
     # Start once normally to build its configuration and learn its command line and port.
     probe = c.gatehouse(d, backend, cert, key, policy=policy, binary=binary, name=name)
-    argv, port = list(probe.p.args), probe.port
+    argv, port = probe.argv, probe.port
     probe.stop()
     out = os.path.join(d, f"callgrind-{name}.out")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv,
