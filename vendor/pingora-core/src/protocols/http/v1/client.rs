@@ -53,8 +53,8 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
-    // gatehouse patch: what is kept of a response header handed over by
-    // `read_response_task` (see `KeptResponse`).
+    // gatehouse patch: what the session reads of the response header, recorded when it is
+    // read (see `KeptResponse`).
     kept_response: Option<KeptResponse>,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
@@ -72,10 +72,10 @@ pub struct HttpSession {
     allow_h1_response_invalid_content_length: bool,
 }
 
-/// gatehouse patch: what the session still needs of a final response header once
-/// `read_response_task` has handed the header itself over (it was cloned for the caller,
-/// and the session's copy read only for these): the status and version, and the fields the
-/// keep-alive decision reads.
+/// gatehouse patch: what the session reads of a response header after reading it: the status
+/// and version, and the fields the keep-alive decision reads. Recorded when the header is
+/// read, so that `read_response_task` can hand the header itself over (it was cloned for
+/// the caller, and the session's copy read only for these).
 #[derive(Debug)]
 struct KeptResponse {
     status: StatusCode,
@@ -83,6 +83,29 @@ struct KeptResponse {
     connection: Option<HeaderValue>,
     keep_alive: Option<HeaderValue>,
     transfer_encoding: bool,
+}
+
+impl KeptResponse {
+    fn of(header: &ResponseHeader) -> Self {
+        let (mut connection, mut keep_alive, mut transfer_encoding) = (None, None, false);
+        // One walk over the fields, no hashing.
+        for (name, value) in header.headers.iter() {
+            if name == header::CONNECTION {
+                connection.get_or_insert_with(|| value.clone());
+            } else if name == KEEP_ALIVE {
+                keep_alive.get_or_insert_with(|| value.clone());
+            } else if name == header::TRANSFER_ENCODING {
+                transfer_encoding = true;
+            }
+        }
+        KeptResponse {
+            status: header.status,
+            version: header.version,
+            connection,
+            keep_alive,
+            transfer_encoding,
+        }
+    }
 }
 
 const KEEP_ALIVE: header::HeaderName = header::HeaderName::from_static("keep-alive");
@@ -359,8 +382,8 @@ impl HttpSession {
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
+                        self.kept_response = Some(KeptResponse::of(&response_header));
                         self.response_header = Some(response_header);
-                        self.kept_response = None;
                         if let Err(e) = self.validate_response(
                             !contains_transfer_encoding && contains_content_length,
                         ) {
@@ -468,32 +491,13 @@ impl HttpSession {
     }
 
     /// gatehouse patch: the response header just read, handed over rather than cloned when
-    /// the body reader is set up for it (a final response); the session keeps what it still
-    /// reads (`KeptResponse`). An informational header is cloned, as before.
+    /// the body reader is set up for it (a final response); the session reads what it still
+    /// needs from `kept_response`. An informational header is cloned, as before.
     fn take_resp_header(&mut self) -> Box<ResponseHeader> {
         if self.body_reader.need_init() {
             return Box::new(self.resp_header().expect("just read").clone());
         }
-        let header = self.response_header.take().expect("just read");
-        let (mut connection, mut keep_alive, mut transfer_encoding) = (None, None, false);
-        // One walk over the fields, no hashing.
-        for (name, value) in header.headers.iter() {
-            if name == header::CONNECTION {
-                connection.get_or_insert_with(|| value.clone());
-            } else if name == KEEP_ALIVE {
-                keep_alive.get_or_insert_with(|| value.clone());
-            } else if name == header::TRANSFER_ENCODING {
-                transfer_encoding = true;
-            }
-        }
-        self.kept_response = Some(KeptResponse {
-            status: header.status,
-            version: header.version,
-            connection,
-            keep_alive,
-            transfer_encoding,
-        });
-        header
+        self.response_header.take().expect("just read")
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
@@ -507,11 +511,7 @@ impl HttpSession {
 
     // gatehouse patch: the version of the response read, handed over or not.
     fn resp_version(&self) -> Option<Version> {
-        match (&self.response_header, &self.kept_response) {
-            (Some(h), _) => Some(h.version),
-            (None, Some(k)) => Some(k.version),
-            (None, None) => None,
-        }
+        self.kept_response.as_ref().map(|k| k.version)
     }
 
     /// Get the header value for the given header name from the response header
@@ -524,14 +524,16 @@ impl HttpSession {
             .and_then(|h| h.headers.get(name))
     }
 
-    // gatehouse patch: a field of the response read, also once its header was handed over
-    // (then only `Connection` and `Keep-Alive` are kept).
+    // gatehouse patch: `Connection` or `Keep-Alive` of the response read, also once its
+    // header was handed over (nothing else is kept).
     fn resp_field(&self, name: &header::HeaderName) -> Option<&HeaderValue> {
-        match (&self.response_header, &self.kept_response) {
-            (Some(h), _) => h.headers.get(name),
-            (None, Some(k)) if name == header::CONNECTION => k.connection.as_ref(),
-            (None, Some(k)) if name == KEEP_ALIVE => k.keep_alive.as_ref(),
-            _ => None,
+        let kept = self.kept_response.as_ref()?;
+        if name == header::CONNECTION {
+            kept.connection.as_ref()
+        } else if name == KEEP_ALIVE {
+            kept.keep_alive.as_ref()
+        } else {
+            None
         }
     }
 
@@ -542,11 +544,8 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        match (&self.response_header, &self.kept_response) {
-            (Some(h), _) => Some(h.status),
-            (None, Some(k)) => Some(k.status),
-            (None, None) => None,
-        }
+        // gatehouse patch: also once the header was handed over.
+        self.kept_response.as_ref().map(|k| k.status)
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -657,11 +656,10 @@ impl HttpSession {
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
         if self.resp_version() == Some(Version::HTTP_10)
-            && match (&self.response_header, &self.kept_response) {
-                (Some(h), _) => h.headers.contains_key(header::TRANSFER_ENCODING),
-                (None, Some(k)) => k.transfer_encoding,
-                (None, None) => false,
-            }
+            && self
+                .kept_response
+                .as_ref()
+                .is_some_and(|k| k.transfer_encoding)
         {
             self.set_keepalive(None);
             return;
